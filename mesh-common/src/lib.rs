@@ -24,7 +24,10 @@ pub mod ports {
 
     /// True for ports the mesh itself owns: never captured.
     pub const fn is_mesh_port(port: u16) -> bool {
-        matches!(port, OUTBOUND | INBOUND | HBONE | ADMIN | METRICS | XDS | CA)
+        matches!(
+            port,
+            OUTBOUND | INBOUND | HBONE | ADMIN | METRICS | XDS | CA
+        )
     }
 }
 

@@ -57,7 +57,12 @@ fn try_connect(ctx: &SockAddrContext, family: u16) {
         addr[0] = sa.user_ip4;
         u32::from_be(sa.user_ip4) >> 24 == 127
     } else {
-        addr = [sa.user_ip6[0], sa.user_ip6[1], sa.user_ip6[2], sa.user_ip6[3]];
+        addr = [
+            sa.user_ip6[0],
+            sa.user_ip6[1],
+            sa.user_ip6[2],
+            sa.user_ip6[3],
+        ];
         // ::1, or a v4-mapped 127/8 address.
         (addr[0] == 0 && addr[1] == 0 && addr[2] == 0 && u32::from_be(addr[3]) == 1)
             || (addr[0] == 0
