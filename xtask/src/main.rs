@@ -1,1 +1,40 @@
-fn main() {}
+//! `cargo xtask …`: what cargo cannot do — toolchain setup, the local lab, the demo and the test run.
+mod demo;
+mod lab;
+mod setup;
+mod test;
+mod util;
+
+use clap::{Parser, Subcommand};
+
+/// Weft developer tasks.
+#[derive(Parser)]
+#[command(name = "cargo xtask", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Bring this machine to a working state (root): Debian packages, nightly rust-src, bpf-linker
+    /// built against nightly's LLVM, bpffs mounted, cgroup v2 found. Idempotent.
+    Setup,
+    /// The local lab: a multi-node cluster shape on this machine (netns + cgroups).
+    #[command(subcommand)]
+    Lab(lab::LabCommand),
+    /// Set up, start the lab, deploy examples/, drive traffic and print what happened.
+    Demo,
+    /// Run every check: fmt, clippy, unit, privileged (netns/eBPF) and lab end-to-end tests.
+    Test(test::TestArgs),
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Setup => setup::run(setup::Mode::Full),
+        Command::Lab(cmd) => lab::run(cmd),
+        Command::Demo => demo::run(),
+        Command::Test(args) => test::run(args),
+    }
+}
