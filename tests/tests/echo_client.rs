@@ -41,6 +41,11 @@ struct Echo {
 
 impl Echo {
     fn start(env: &[(&str, &str)]) -> Self {
+        Self::start_with(env, &[])
+    }
+
+    /// Start with extra environment and extra command-line arguments.
+    fn start_with(env: &[(&str, &str)], args: &[&str]) -> Self {
         let [http, grpc, tcp] = free_ports::<3>();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_mesh-echo"));
         cmd.args(["--bind", "127.0.0.1"])
@@ -53,6 +58,9 @@ impl Echo {
             .env_remove("POD_NAME")
             .env_remove("POD_NAMESPACE")
             .env_remove("NODE_NAME")
+            .env_remove("UPSTREAM")
+            .env_remove("UPSTREAM_TIMEOUT")
+            .args(args)
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -125,6 +133,8 @@ fn client(args: &[&str]) -> Value {
         "status",
         "versions",
         "pods",
+        "upstream_versions",
+        "upstream_pods",
         "latency_ms",
         "errors",
         "duration_ms",
@@ -199,6 +209,12 @@ async fn http1_and_h2c_replies_carry_identity_and_request() {
         assert_eq!(count(&s, "versions", "v7"), 5, "{s}");
         assert_eq!(count(&s, "pods", "echo-a"), 5, "{s}");
         assert_eq!(s["errors"], serde_json::json!({}), "{s}");
+        assert_eq!(s["upstream_versions"], serde_json::json!({}), "{s}");
+        assert_eq!(s["upstream_pods"], serde_json::json!({}), "{s}");
+        assert!(
+            v.get("upstream").is_none(),
+            "no --upstream, no upstream field: {v}"
+        );
     }
 }
 
@@ -440,5 +456,250 @@ fn echo_requires_a_port_and_exits_on_sigterm() {
         }
         assert!(Instant::now() < deadline, "mesh-echo ignored SIGTERM");
         std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Send `method url` (HTTP/1.1, or h2c) with `headers` and `body`; return the status and the
+/// JSON reply.
+async fn send_json(
+    method: &str,
+    url: &str,
+    http2: bool,
+    headers: &[(&str, &str)],
+    body: &'static [u8],
+) -> (http::StatusCode, Value) {
+    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new())
+        .http2_only(http2)
+        .build_http();
+    let mut req = http::Request::builder().method(method).uri(url);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let req = req
+        .body(Full::new(Bytes::from_static(body)))
+        .expect("request");
+    let resp = tokio::time::timeout(Duration::from_secs(10), client.request(req))
+        .await
+        .expect("request timed out")
+        .expect("request failed");
+    let (parts, body) = resp.into_parts();
+    let body = body.collect().await.expect("body").to_bytes();
+    let v = serde_json::from_slice(&body)
+        .unwrap_or_else(|e| panic!("reply is not JSON ({e}): {body:?}"));
+    (parts.status, v)
+}
+
+#[tokio::test]
+async fn upstream_two_tier_reports_the_backend() {
+    let backend = Echo::start(&[("VERSION", "v2"), ("POD_NAME", "backend-1")]);
+    let backend_base = format!("http://127.0.0.1:{}", backend.http);
+    let frontend = Echo::start_with(
+        &[("VERSION", "v1"), ("POD_NAME", "frontend-1")],
+        &["--upstream", &backend_base],
+    );
+
+    // Path, query, method, body and headers are forwarded; Host is the upstream's.
+    for (http2, proto) in [(false, "HTTP/1.1"), (true, "HTTP/2.0")] {
+        let (status, _, v) = get_json(&frontend.url("/api/items?x=1"), http2).await;
+        assert_eq!(status, 200, "{v}");
+        assert_eq!(v["pod"], "frontend-1");
+        assert_eq!(v["version"], "v1");
+        assert_eq!(v["status"], 200);
+        assert_eq!(v["protocol"], proto);
+        let up = &v["upstream"];
+        assert_eq!(up["url"], format!("{backend_base}/api/items?x=1"), "{v}");
+        assert_eq!(up["status"], 200, "{v}");
+        let b = &up["body"];
+        assert_eq!(b["pod"], "backend-1", "{v}");
+        assert_eq!(b["version"], "v2");
+        assert_eq!(b["method"], "POST");
+        assert_eq!(b["path"], "/api/items");
+        assert_eq!(b["query"], "x=1");
+        assert_eq!(b["protocol"], "HTTP/1.1", "upstream calls are HTTP/1.1");
+        assert_eq!(b["body_bytes"], 10);
+        assert_eq!(b["host"], format!("127.0.0.1:{}", backend.http));
+        assert_eq!(b["headers"]["x-multi"], "a, b");
+        assert_eq!(b["headers"]["x-forwarded-for"], "127.0.0.1");
+    }
+
+    // Hop-by-hop headers (and those named by Connection) stay behind; XFF is appended to.
+    let (status, v) = send_json(
+        "GET",
+        &frontend.url("/hop"),
+        false,
+        &[
+            ("connection", "keep-alive, x-hop"),
+            ("keep-alive", "timeout=5"),
+            ("x-hop", "1"),
+            ("te", "trailers"),
+            ("proxy-authorization", "Basic eA=="),
+            ("x-keep", "1"),
+            ("x-forwarded-for", "10.9.9.9"),
+        ],
+        b"",
+    )
+    .await;
+    assert_eq!(status, 200, "{v}");
+    let h = v["upstream"]["body"]["headers"]
+        .as_object()
+        .expect("upstream headers");
+    for gone in ["x-hop", "keep-alive", "te", "proxy-authorization"] {
+        assert!(!h.contains_key(gone), "{gone} was forwarded: {v}");
+    }
+    assert_eq!(h["x-keep"], "1", "{v}");
+    assert_eq!(h["x-forwarded-for"], "10.9.9.9, 127.0.0.1", "{v}");
+
+    // mesh-client counts the backend too, over HTTP/1.1 and h2c.
+    for mode in [None, Some("--http2")] {
+        let url = frontend.url("/");
+        let mut args = vec!["-n", "20", "-c", "4"];
+        args.extend(mode);
+        args.push(&url);
+        let s = client(&args);
+        assert_eq!(count(&s, "status", "200"), 20, "{s}");
+        assert_eq!(count(&s, "versions", "v1"), 20, "{s}");
+        assert_eq!(count(&s, "pods", "frontend-1"), 20, "{s}");
+        assert_eq!(s["upstream_versions"], serde_json::json!({"v2": 20}), "{s}");
+        assert_eq!(
+            s["upstream_pods"],
+            serde_json::json!({"backend-1": 20}),
+            "{s}"
+        );
+        assert_eq!(s["errors"], serde_json::json!({}), "{s}");
+    }
+
+    // /healthz and gRPC never go upstream.
+    let (status, _, v) = get_json(&frontend.url("/healthz"), false).await;
+    assert_eq!(status, 200);
+    assert_eq!(v, serde_json::json!({"status": "ok"}));
+    let grpc = format!("http://127.0.0.1:{}", frontend.http);
+    let s = client(&["--grpc", "-n", "3", &grpc]);
+    assert_eq!(count(&s, "status", "OK"), 3, "{s}");
+    assert_eq!(s["upstream_versions"], serde_json::json!({}), "{s}");
+
+    // UPSTREAM from the environment, with a path prefix and a name from /etc/hosts.
+    let prefixed = format!("http://localhost:{}/prefix/", backend.http);
+    let frontend = Echo::start(&[("UPSTREAM", &prefixed)]);
+    let (status, _, v) = get_json(&frontend.url("/api?x=1"), false).await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(
+        v["upstream"]["url"],
+        format!("http://localhost:{}/prefix/api?x=1", backend.http)
+    );
+    assert_eq!(v["upstream"]["body"]["path"], "/prefix/api", "{v}");
+    assert_eq!(v["upstream"]["body"]["pod"], "backend-1", "{v}");
+}
+
+#[tokio::test]
+async fn upstream_failures_propagate() {
+    // The backend fails: its status becomes the frontend's.
+    let backend = Echo::start(&[("VERSION", "v2"), ("FAILURE_RATE", "1")]);
+    let backend_base = format!("http://127.0.0.1:{}", backend.http);
+    let frontend = Echo::start_with(&[], &["--upstream", &backend_base]);
+    let (status, _, v) = get_json(&frontend.url("/"), false).await;
+    assert_eq!(status, 503, "{v}");
+    assert_eq!(v["status"], 503);
+    assert_eq!(v["upstream"]["status"], 503, "{v}");
+    assert_eq!(v["upstream"]["body"]["version"], "v2", "{v}");
+    let s = client(&["-n", "10", "-c", "2", &frontend.url("/")]);
+    assert_eq!(count(&s, "status", "503"), 10, "{s}");
+    assert_eq!(count(&s, "versions", "v1"), 10, "{s}");
+    assert_eq!(s["upstream_versions"], serde_json::json!({"v2": 10}), "{s}");
+
+    // Nothing listens upstream: 502 with the connect error.
+    let [closed] = free_ports::<1>();
+    let closed_url = format!("http://127.0.0.1:{closed}");
+    let frontend = Echo::start_with(&[], &["--upstream", &closed_url]);
+    let (status, _, v) = get_json(&frontend.url("/a?b=1"), false).await;
+    assert_eq!(status, 502, "{v}");
+    assert_eq!(v["status"], 502);
+    assert_eq!(v["upstream"]["url"], format!("{closed_url}/a?b=1"));
+    let err = v["upstream"]["error"].as_str().expect("upstream.error");
+    assert!(err.starts_with("connect: "), "{v}");
+    assert!(v["upstream"].get("status").is_none(), "{v}");
+    let s = client(&["-n", "5", &frontend.url("/")]);
+    assert_eq!(count(&s, "status", "502"), 5, "{s}");
+    assert_eq!(s["upstream_versions"], serde_json::json!({}), "{s}");
+    assert_eq!(s["errors"], serde_json::json!({}), "{s}");
+
+    // Not HTTP upstream (the raw TCP echo port): 502 with a protocol error.
+    let tcp_url = format!("http://127.0.0.1:{}", backend.tcp);
+    let frontend = Echo::start_with(&[], &["--upstream", &tcp_url]);
+    let (status, _, v) = get_json(&frontend.url("/"), false).await;
+    assert_eq!(status, 502, "{v}");
+    let err = v["upstream"]["error"].as_str().expect("upstream.error");
+    assert!(err.starts_with("protocol: "), "{v}");
+
+    // Too slow upstream: 504. ?delay= is forwarded too, so the frontend waits 400 ms itself,
+    // then the backend's 400 ms exceeds the 300 ms upstream timeout.
+    let slow_backend = Echo::start(&[]);
+    let frontend = Echo::start_with(
+        &[],
+        &[
+            "--upstream",
+            &format!("http://127.0.0.1:{}", slow_backend.http),
+            "--upstream-timeout",
+            "300ms",
+        ],
+    );
+    let start = Instant::now();
+    let (status, _, v) = get_json(&frontend.url("/?delay=400"), false).await;
+    assert_eq!(status, 504, "{v}");
+    let err = v["upstream"]["error"].as_str().expect("upstream.error");
+    assert!(err.starts_with("timeout: "), "{v}");
+    assert!(
+        start.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        start.elapsed()
+    );
+
+    // Local decisions short-circuit: no upstream call, no "upstream" field.
+    let (status, _, v) = get_json(&frontend.url("/?status=418"), false).await;
+    assert_eq!(status, 418, "{v}");
+    assert!(v.get("upstream").is_none(), "{v}");
+    let frontend = Echo::start_with(&[("FAILURE_RATE", "1")], &["--upstream", &closed_url]);
+    let (status, _, v) = get_json(&frontend.url("/"), false).await;
+    assert_eq!(status, 503, "local failure, not 502: {v}");
+    assert!(v.get("upstream").is_none(), "{v}");
+}
+
+#[test]
+fn echo_rejects_bad_upstream_flags() {
+    let [port] = free_ports::<1>();
+    let port = port.to_string();
+    for (env, args) in [
+        (None, vec!["--upstream", "ftp://127.0.0.1:1"]),
+        (None, vec!["--upstream", "127.0.0.1:1"]),
+        (None, vec!["--upstream", "http://127.0.0.1:1/?q=1"]),
+        (None, vec!["--upstream-timeout", "soon"]),
+        (Some("http://a b"), vec![]),
+    ] {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_mesh-echo"));
+        cmd.args(["--bind", "127.0.0.1", "--http-port", &port])
+            .args(&args)
+            .env_remove("UPSTREAM")
+            .env_remove("UPSTREAM_TIMEOUT")
+            .stdin(Stdio::null());
+        if let Some(url) = env {
+            cmd.env("UPSTREAM", url);
+        }
+        let mut child = cmd
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn mesh-echo");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let status = loop {
+            if let Some(status) = child.try_wait().expect("try_wait") {
+                break status;
+            }
+            if Instant::now() >= deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("mesh-echo {args:?} (UPSTREAM={env:?}) did not reject its usage");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        assert_eq!(status.code(), Some(2), "{args:?} (UPSTREAM={env:?})");
     }
 }

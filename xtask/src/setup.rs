@@ -104,10 +104,12 @@ fn packages(r: &mut Report) -> anyhow::Result<()> {
     println!("  ...   installing Debian packages: {}", missing.join(" "));
     run_cmd(Command::new("apt-get").args(["update", "-qq"]))
         .context("apt-get update failed: is the Debian package mirror reachable?")?;
-    run_cmd(Command::new("apt-get")
-        .args(["install", "-y", "-qq", "--no-install-recommends"])
-        .args(&missing)
-        .env("DEBIAN_FRONTEND", "noninteractive"))
+    run_cmd(
+        Command::new("apt-get")
+            .args(["install", "-y", "-qq", "--no-install-recommends"])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    )
     .context("apt-get install failed")?;
     r.did(format!("installed {}", missing.join(" ")));
     Ok(())
@@ -129,8 +131,14 @@ fn nightly(r: &mut Report) -> anyhow::Result<()> {
     if comps.lines().any(|l| l.starts_with("rust-src")) {
         r.ok("nightly toolchain with rust-src");
     } else {
-        run_cmd(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))
-            .context("adding rust-src to the nightly toolchain")?;
+        run_cmd(Command::new("rustup").args([
+            "component",
+            "add",
+            "rust-src",
+            "--toolchain",
+            "nightly",
+        ]))
+        .context("adding rust-src to the nightly toolchain")?;
         r.did("added rust-src to the nightly toolchain".into());
     }
     Ok(())
@@ -169,7 +177,8 @@ fn bpf_linker(r: &mut Report) -> anyhow::Result<()> {
     // The shim prefix bpf-linker links against (and records as rpath), plus the SONAME in the
     // system library path so bpf-linker also runs outside rustup.
     let prefix_lib = Path::new(LLVM_PREFIX).join("lib");
-    fs::create_dir_all(&prefix_lib).with_context(|| format!("creating {}", prefix_lib.display()))?;
+    fs::create_dir_all(&prefix_lib)
+        .with_context(|| format!("creating {}", prefix_lib.display()))?;
     let mut links_changed = false;
     for link in [
         prefix_lib.join("libLLVM.so"),
@@ -184,37 +193,51 @@ fn bpf_linker(r: &mut Report) -> anyhow::Result<()> {
     }
     if links_changed {
         run_cmd(&mut Command::new("ldconfig"))?;
-        r.did(format!("linked {} into {LLVM_PREFIX} and /usr/local/lib", so.display()));
+        r.did(format!(
+            "linked {} into {LLVM_PREFIX} and /usr/local/lib",
+            so.display()
+        ));
     }
     let works = Command::new("bpf-linker")
         .arg("--version")
         .env_remove("LD_LIBRARY_PATH")
         .output()
-        .map(|o| o.status.success() && String::from_utf8_lossy(&o.stdout).contains(BPF_LINKER_VERSION))
+        .map(|o| {
+            o.status.success() && String::from_utf8_lossy(&o.stdout).contains(BPF_LINKER_VERSION)
+        })
         .unwrap_or(false);
     let llvm_ok = works
         && output(Command::new("ldd").arg(which("bpf-linker")?))
             .map(|l| l.contains(&*soname.to_string_lossy()) && !l.contains("not found"))
             .unwrap_or(false);
     if llvm_ok {
-        r.ok(&format!("bpf-linker {BPF_LINKER_VERSION} (LLVM {major}, {})", soname.to_string_lossy()));
+        r.ok(&format!(
+            "bpf-linker {BPF_LINKER_VERSION} (LLVM {major}, {})",
+            soname.to_string_lossy()
+        ));
         return Ok(());
     }
-    println!("  ...   building bpf-linker {BPF_LINKER_VERSION} against nightly's LLVM {major} (about a minute)");
-    run_cmd(Command::new("cargo")
-        .args([
-            "install",
-            "bpf-linker",
-            "--force",
-            "--version",
-            BPF_LINKER_VERSION,
-            "--no-default-features",
-            "--features",
-            &format!("llvm-{major}"),
-        ])
-        .env("LLVM_PREFIX", LLVM_PREFIX))
+    println!(
+        "  ...   building bpf-linker {BPF_LINKER_VERSION} against nightly's LLVM {major} (about a minute)"
+    );
+    run_cmd(
+        Command::new("cargo")
+            .args([
+                "install",
+                "bpf-linker",
+                "--force",
+                "--version",
+                BPF_LINKER_VERSION,
+                "--no-default-features",
+                "--features",
+                &format!("llvm-{major}"),
+            ])
+            .env("LLVM_PREFIX", LLVM_PREFIX),
+    )
     .context("building bpf-linker failed")?;
-    r.did(format!("installed bpf-linker {BPF_LINKER_VERSION} (llvm-{major})"));
+    r.did(format!(
+        "installed bpf-linker {BPF_LINKER_VERSION} (llvm-{major})"
+    ));
     Ok(())
 }
 
@@ -231,9 +254,10 @@ fn mounts() -> String {
 }
 
 fn bpffs(r: &mut Report) -> anyhow::Result<()> {
-    let mounted = mounts()
-        .lines()
-        .any(|l| l.split_whitespace().nth(1) == Some("/sys/fs/bpf") && l.split_whitespace().nth(2) == Some("bpf"));
+    let mounted = mounts().lines().any(|l| {
+        l.split_whitespace().nth(1) == Some("/sys/fs/bpf")
+            && l.split_whitespace().nth(2) == Some("bpf")
+    });
     if mounted {
         r.ok("bpffs at /sys/fs/bpf");
         return Ok(());
@@ -261,7 +285,9 @@ pub fn cgroup2_root() -> Option<PathBuf> {
 
 fn kernel_features(r: &mut Report) -> anyhow::Result<()> {
     if !Path::new("/sys/kernel/btf/vmlinux").exists() {
-        bail!("the kernel exposes no BTF (/sys/kernel/btf/vmlinux): Weft needs CONFIG_DEBUG_INFO_BTF");
+        bail!(
+            "the kernel exposes no BTF (/sys/kernel/btf/vmlinux): Weft needs CONFIG_DEBUG_INFO_BTF"
+        );
     }
     let release = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     let mut it = release.trim().split(['.', '-']);
@@ -271,7 +297,10 @@ fn kernel_features(r: &mut Report) -> anyhow::Result<()> {
     );
     // sk_lookup needs 5.9, bpf_get_netns_cookie in sock_ops 5.15, cgroup.kill 5.14.
     if (maj, min) < (5, 15) {
-        bail!("kernel {} is too old: Weft needs Linux >= 5.15", release.trim());
+        bail!(
+            "kernel {} is too old: Weft needs Linux >= 5.15",
+            release.trim()
+        );
     }
     r.ok(&format!("kernel {} with BTF", release.trim()));
     Ok(())

@@ -320,7 +320,10 @@ mod tests {
     #[test]
     fn echo_body_fields() {
         let f = echo_fields(br#"{"version":"v2","pod":"p1","x":1}"#);
-        assert_eq!((f.version.as_deref(), f.pod.as_deref()), (Some("v2"), Some("p1")));
+        assert_eq!(
+            (f.version.as_deref(), f.pod.as_deref()),
+            (Some("v2"), Some("p1"))
+        );
         assert_eq!((f.upstream_version, f.upstream_pod), (None, None));
         assert_eq!(echo_fields(b"not json"), EchoFields::default());
 

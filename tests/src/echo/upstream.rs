@@ -12,13 +12,16 @@ use http_body_util::{BodyExt as _, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
+use tracing::debug;
 
 use crate::client::ErrorKind;
 use crate::client::classify::classify;
 
 /// Check an `--upstream` value: an absolute `http://host[:port][/prefix]` URL without a query.
 pub fn parse_url(url: &str) -> Result<Uri, String> {
-    let uri: Uri = url.parse().map_err(|e| format!("invalid URL {url:?}: {e}"))?;
+    let uri: Uri = url
+        .parse()
+        .map_err(|e| format!("invalid URL {url:?}: {e}"))?;
     if uri.scheme_str() != Some("http") {
         return Err(format!("{url:?}: expected an http:// URL"));
     }
@@ -125,6 +128,7 @@ impl Upstream {
                 }),
             },
             Ok(Err(e)) => {
+                debug!(%url, error = %error_chain(&*e), "upstream call failed");
                 let kind = error_kind(&*e);
                 let status = if kind == ErrorKind::Timeout {
                     StatusCode::GATEWAY_TIMEOUT
@@ -139,16 +143,19 @@ impl Upstream {
                     }),
                 }
             }
-            Err(_) => Reply {
-                status: StatusCode::GATEWAY_TIMEOUT,
-                json: serde_json::json!({
-                    "url": url,
-                    "error": format!(
-                        "timeout: no complete response within {}",
-                        humantime::format_duration(self.timeout)
-                    ),
-                }),
-            },
+            Err(_) => {
+                debug!(%url, timeout = ?self.timeout, "upstream call timed out");
+                Reply {
+                    status: StatusCode::GATEWAY_TIMEOUT,
+                    json: serde_json::json!({
+                        "url": url,
+                        "error": format!(
+                            "timeout: no complete response within {}",
+                            humantime::format_duration(self.timeout)
+                        ),
+                    }),
+                }
+            }
         }
     }
 }
@@ -183,7 +190,9 @@ fn forwarded_headers(incoming: &HeaderMap, peer_ip: IpAddr) -> HeaderMap {
     let mut out = HeaderMap::with_capacity(incoming.len() + 1);
     for (name, value) in incoming {
         let n = name.as_str();
-        if DROPPED.contains(&n) || n.starts_with("proxy-") || named_by_connection.iter().any(|c| c == n)
+        if DROPPED.contains(&n)
+            || n.starts_with("proxy-")
+            || named_by_connection.iter().any(|c| c == n)
         {
             continue;
         }

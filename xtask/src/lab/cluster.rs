@@ -31,13 +31,19 @@ pub fn write(lab: &Lab, st: &LabState) -> anyhow::Result<()> {
         }
         let mut v = o.value.clone();
         if o.key.kind == "Service"
-            && let Some(ip) = st.cluster_ips.get(&format!("{}/{}", o.key.namespace, o.key.name))
+            && let Some(ip) = st
+                .cluster_ips
+                .get(&format!("{}/{}", o.key.namespace, o.key.name))
             && let Some(spec) = v.get_mut("spec").and_then(|s| s.as_object_mut())
         {
             spec.insert("clusterIP".into(), ip.to_string().into());
             spec.insert("clusterIPs".into(), json!([ip.to_string()]));
         }
-        let ns = if o.key.namespace.is_empty() { "_".to_string() } else { o.key.namespace.clone() };
+        let ns = if o.key.namespace.is_empty() {
+            "_".to_string()
+        } else {
+            o.key.namespace.clone()
+        };
         files.push((file_name(&o.key.kind, &ns, &o.key.name), v));
         if o.key.kind == "Service" {
             let svc: Service = serde_json::from_value(o.value.clone()).context("stored Service")?;
@@ -84,9 +90,14 @@ pub fn write(lab: &Lab, st: &LabState) -> anyhow::Result<()> {
         let mut spec = p.spec.clone();
         if let Some(m) = spec.as_object_mut() {
             m.insert("nodeName".into(), p.node.clone().into());
-            m.insert("serviceAccountName".into(), p.service_account.clone().into());
+            m.insert(
+                "serviceAccountName".into(),
+                p.service_account.clone().into(),
+            );
         }
-        let owner = p.owner.as_ref().map(|o| json!([{"apiVersion": "apps/v1", "kind": "Deployment", "name": o, "uid": ""}]));
+        let owner = p.owner.as_ref().map(
+            |o| json!([{"apiVersion": "apps/v1", "kind": "Deployment", "name": o, "uid": ""}]),
+        );
         files.push((
             file_name("Pod", &p.namespace, &p.name),
             json!({

@@ -52,7 +52,11 @@ impl fmt::Display for ObjKey {
         if self.namespace.is_empty() {
             write!(f, "{}/{}", self.kind, self.name)
         } else {
-            write!(f, "{}/{} (namespace {})", self.kind, self.name, self.namespace)
+            write!(
+                f,
+                "{}/{} (namespace {})",
+                self.kind, self.name, self.namespace
+            )
         }
     }
 }
@@ -106,7 +110,9 @@ impl Object {
             ),
         };
         let kind = match self {
-            Object::Other { api_version, kind, .. } => {
+            Object::Other {
+                api_version, kind, ..
+            } => {
                 // Group-qualified so e.g. Istio's and Gateway API's kinds never collide.
                 match api_version.split_once('/') {
                     Some((group, _)) => format!("{kind}.{group}"),
@@ -295,7 +301,10 @@ pub fn parse_str(file: &str, text: &str) -> (Vec<Doc>, Vec<ManifestError>) {
 
 fn describe(v: &serde_json::Value) -> Option<String> {
     let kind = v.get("kind")?.as_str()?;
-    let name = v.pointer("/metadata/name").and_then(|n| n.as_str()).unwrap_or("?");
+    let name = v
+        .pointer("/metadata/name")
+        .and_then(|n| n.as_str())
+        .unwrap_or("?");
     Some(format!("{kind}/{name}"))
 }
 
@@ -317,10 +326,16 @@ fn parse_value(v: &serde_json::Value) -> Result<Object, DocError> {
         ("apps/v1", "Deployment") => Object::Deployment(Box::new(strict(v)?)),
         ("v1", "Service") => Object::Service(Box::new(strict(v)?)),
         (_, "Namespace" | "ServiceAccount" | "Pod" | "Service") if api_version != "v1" => {
-            return Err(err("apiVersion", format!("{kind} is served as `v1`, not `{api_version}`")));
+            return Err(err(
+                "apiVersion",
+                format!("{kind} is served as `v1`, not `{api_version}`"),
+            ));
         }
         (_, "Deployment") => {
-            return Err(err("apiVersion", format!("Deployment is served as `apps/v1`, not `{api_version}`")));
+            return Err(err(
+                "apiVersion",
+                format!("Deployment is served as `apps/v1`, not `{api_version}`"),
+            ));
         }
         _ => {
             match v.pointer("/metadata/name") {
@@ -343,15 +358,22 @@ fn strict<T: DeserializeOwned>(v: &serde_json::Value) -> Result<T, DocError> {
     let mut unknown: Vec<String> = vec![];
     let mut track = serde_path_to_error::Track::new();
     let de = serde_path_to_error::Deserializer::new(v, &mut track);
-    let res: Result<T, _> = serde_ignored::deserialize(de, |p| unknown.push(clean_path(&p.to_string())));
+    let res: Result<T, _> =
+        serde_ignored::deserialize(de, |p| unknown.push(clean_path(&p.to_string())));
     match res {
         Err(e) => {
             let path = track.path().to_string();
             let msg = e.to_string();
-            let msg = msg.strip_prefix(&format!("{path}: ")).unwrap_or(&msg).to_string();
+            let msg = msg
+                .strip_prefix(&format!("{path}: "))
+                .unwrap_or(&msg)
+                .to_string();
             Err(err(if path == "." { String::new() } else { path }, msg))
         }
-        Ok(_) if !unknown.is_empty() => Err(err(unknown[0].clone(), "unknown field (not in the Kubernetes schema)")),
+        Ok(_) if !unknown.is_empty() => Err(err(
+            unknown[0].clone(),
+            "unknown field (not in the Kubernetes schema)",
+        )),
         Ok(t) => Ok(t),
     }
 }
@@ -375,7 +397,8 @@ fn clean_path(p: &str) -> String {
 fn is_dns_label(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 63
-        && s.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && s.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
         && !s.starts_with('-')
         && !s.ends_with('-')
 }
@@ -392,17 +415,27 @@ fn check_name(
     if name.is_empty() {
         return Err(err("metadata.name", "Required value"));
     }
-    let ok = if label { is_dns_label(name) } else { is_dns_subdomain(name) };
+    let ok = if label {
+        is_dns_label(name)
+    } else {
+        is_dns_subdomain(name)
+    };
     if !ok {
         return Err(err(
             "metadata.name",
-            format!("Invalid value {name:?}: must be a lowercase RFC 1123 {}", if label { "label" } else { "subdomain" }),
+            format!(
+                "Invalid value {name:?}: must be a lowercase RFC 1123 {}",
+                if label { "label" } else { "subdomain" }
+            ),
         ));
     }
     if let Some(ns) = &meta.namespace
         && !is_dns_label(ns)
     {
-        return Err(err("metadata.namespace", format!("Invalid value {ns:?}: must be a lowercase RFC 1123 label")));
+        return Err(err(
+            "metadata.namespace",
+            format!("Invalid value {ns:?}: must be a lowercase RFC 1123 label"),
+        ));
     }
     Ok(())
 }
@@ -413,22 +446,38 @@ fn validate(obj: &Object) -> Result<(), DocError> {
         Object::ServiceAccount(o) => check_name(&o.metadata, false),
         Object::Pod(o) => {
             check_name(&o.metadata, false)?;
-            let spec = o.spec.as_ref().ok_or_else(|| err("spec", "Required value"))?;
+            let spec = o
+                .spec
+                .as_ref()
+                .ok_or_else(|| err("spec", "Required value"))?;
             validate_pod_spec(spec, "spec")
         }
         Object::Deployment(o) => {
             check_name(&o.metadata, false)?;
-            let spec = o.spec.as_ref().ok_or_else(|| err("spec", "Required value"))?;
+            let spec = o
+                .spec
+                .as_ref()
+                .ok_or_else(|| err("spec", "Required value"))?;
             if spec.replicas.is_some_and(|r| r < 0) {
                 return Err(err("spec.replicas", "must be greater than or equal to 0"));
             }
             let sel = &spec.selector;
-            if sel.match_expressions.as_ref().is_some_and(|e| !e.is_empty()) {
-                return Err(err("spec.selector.matchExpressions", "not supported by the lab (use matchLabels)"));
+            if sel
+                .match_expressions
+                .as_ref()
+                .is_some_and(|e| !e.is_empty())
+            {
+                return Err(err(
+                    "spec.selector.matchExpressions",
+                    "not supported by the lab (use matchLabels)",
+                ));
             }
             let match_labels = sel.match_labels.clone().unwrap_or_default();
             if match_labels.is_empty() {
-                return Err(err("spec.selector", "Required value: a Deployment needs a non-empty selector"));
+                return Err(err(
+                    "spec.selector",
+                    "Required value: a Deployment needs a non-empty selector",
+                ));
             }
             let labels = spec
                 .template
@@ -451,21 +500,35 @@ fn validate(obj: &Object) -> Result<(), DocError> {
         }
         Object::Service(o) => {
             check_name(&o.metadata, true)?;
-            let spec = o.spec.as_ref().ok_or_else(|| err("spec", "Required value"))?;
+            let spec = o
+                .spec
+                .as_ref()
+                .ok_or_else(|| err("spec", "Required value"))?;
             let ty = spec.type_.as_deref().unwrap_or("ClusterIP");
             if !matches!(ty, "ClusterIP" | "NodePort" | "LoadBalancer") {
-                return Err(err("spec.type", format!("Unsupported value {ty:?} (the lab supports ClusterIP)")));
+                return Err(err(
+                    "spec.type",
+                    format!("Unsupported value {ty:?} (the lab supports ClusterIP)"),
+                ));
             }
             let headless = spec.cluster_ip.as_deref() == Some("None");
             if let Some(ip) = spec.cluster_ip.as_deref()
                 && !headless
                 && !ip.is_empty()
             {
-                let parsed: std::net::Ipv4Addr = ip
-                    .parse()
-                    .map_err(|_| err("spec.clusterIP", format!("Invalid value {ip:?}: not an IPv4 address")))?;
+                let parsed: std::net::Ipv4Addr = ip.parse().map_err(|_| {
+                    err(
+                        "spec.clusterIP",
+                        format!("Invalid value {ip:?}: not an IPv4 address"),
+                    )
+                })?;
                 if parsed.octets()[0..2] != [10, 96] {
-                    return Err(err("spec.clusterIP", format!("Invalid value {ip:?}: not in the lab's service range 10.96.0.0/16")));
+                    return Err(err(
+                        "spec.clusterIP",
+                        format!(
+                            "Invalid value {ip:?}: not in the lab's service range 10.96.0.0/16"
+                        ),
+                    ));
                 }
             }
             let ports = spec.ports.as_deref().unwrap_or(&[]);
@@ -475,24 +538,41 @@ fn validate(obj: &Object) -> Result<(), DocError> {
             let mut names = std::collections::BTreeSet::new();
             for (i, p) in ports.iter().enumerate() {
                 if !(1..=65535).contains(&p.port) {
-                    return Err(err(format!("spec.ports[{i}].port"), format!("Invalid value {}: must be between 1 and 65535", p.port)));
+                    return Err(err(
+                        format!("spec.ports[{i}].port"),
+                        format!("Invalid value {}: must be between 1 and 65535", p.port),
+                    ));
                 }
                 let proto = p.protocol.as_deref().unwrap_or("TCP");
                 if !matches!(proto, "TCP" | "UDP") {
-                    return Err(err(format!("spec.ports[{i}].protocol"), format!("Unsupported value {proto:?}: TCP or UDP")));
+                    return Err(err(
+                        format!("spec.ports[{i}].protocol"),
+                        format!("Unsupported value {proto:?}: TCP or UDP"),
+                    ));
                 }
                 if ports.len() > 1 && p.name.as_deref().unwrap_or("").is_empty() {
-                    return Err(err(format!("spec.ports[{i}].name"), "Required value: ports of a multi-port Service need names"));
+                    return Err(err(
+                        format!("spec.ports[{i}].name"),
+                        "Required value: ports of a multi-port Service need names",
+                    ));
                 }
                 if !names.insert(p.name.clone().unwrap_or_default()) {
                     return Err(err(format!("spec.ports[{i}].name"), "Duplicate value"));
                 }
                 match &p.target_port {
                     Some(IntOrString::Int(t)) if !(1..=65535).contains(t) => {
-                        return Err(err(format!("spec.ports[{i}].targetPort"), format!("Invalid value {t}: must be between 1 and 65535")));
+                        return Err(err(
+                            format!("spec.ports[{i}].targetPort"),
+                            format!("Invalid value {t}: must be between 1 and 65535"),
+                        ));
                     }
                     Some(IntOrString::String(s)) if !is_dns_label(s) => {
-                        return Err(err(format!("spec.ports[{i}].targetPort"), format!("Invalid value {s:?}: must be a port number or an IANA_SVC_NAME")));
+                        return Err(err(
+                            format!("spec.ports[{i}].targetPort"),
+                            format!(
+                                "Invalid value {s:?}: must be a port number or an IANA_SVC_NAME"
+                            ),
+                        ));
                     }
                     _ => {}
                 }
@@ -512,18 +592,30 @@ fn validate_pod_spec(spec: &PodSpec, at: &str) -> Result<(), DocError> {
         let f = format!("{at}.containers[{i}]");
         validate_container(c, &f)?;
         if !names.insert(c.name.clone()) {
-            return Err(err(format!("{f}.name"), format!("Duplicate value {:?}", c.name)));
+            return Err(err(
+                format!("{f}.name"),
+                format!("Duplicate value {:?}", c.name),
+            ));
         }
     }
     if spec.init_containers.as_ref().is_some_and(|v| !v.is_empty()) {
-        return Err(err(format!("{at}.initContainers"), "not supported by the lab"));
+        return Err(err(
+            format!("{at}.initContainers"),
+            "not supported by the lab",
+        ));
     }
     Ok(())
 }
 
 fn validate_container(c: &Container, f: &str) -> Result<(), DocError> {
     if !is_dns_label(&c.name) {
-        return Err(err(format!("{f}.name"), format!("Invalid value {:?}: must be a lowercase RFC 1123 label", c.name)));
+        return Err(err(
+            format!("{f}.name"),
+            format!(
+                "Invalid value {:?}: must be a lowercase RFC 1123 label",
+                c.name
+            ),
+        ));
     }
     if c.command.as_ref().is_none_or(|v| v.is_empty()) {
         return Err(err(
@@ -533,7 +625,13 @@ fn validate_container(c: &Container, f: &str) -> Result<(), DocError> {
     }
     for (j, p) in c.ports.iter().flatten().enumerate() {
         if !(1..=65535).contains(&p.container_port) {
-            return Err(err(format!("{f}.ports[{j}].containerPort"), format!("Invalid value {}: must be between 1 and 65535", p.container_port)));
+            return Err(err(
+                format!("{f}.ports[{j}].containerPort"),
+                format!(
+                    "Invalid value {}: must be between 1 and 65535",
+                    p.container_port
+                ),
+            ));
         }
     }
     for (j, e) in c.env.iter().flatten().enumerate() {
@@ -541,7 +639,13 @@ fn validate_container(c: &Container, f: &str) -> Result<(), DocError> {
             let field = from.field_ref.as_ref().map(|r| r.field_path.as_str());
             if !matches!(
                 field,
-                Some("metadata.name" | "metadata.namespace" | "status.podIP" | "spec.nodeName" | "spec.serviceAccountName")
+                Some(
+                    "metadata.name"
+                        | "metadata.namespace"
+                        | "status.podIP"
+                        | "spec.nodeName"
+                        | "spec.serviceAccountName"
+                )
             ) {
                 return Err(err(
                     format!("{f}.env[{j}].valueFrom"),
@@ -554,7 +658,10 @@ fn validate_container(c: &Container, f: &str) -> Result<(), DocError> {
 }
 
 /// Equality-based label selector match.
-pub fn selector_matches(selector: &BTreeMap<String, String>, labels: &BTreeMap<String, String>) -> bool {
+pub fn selector_matches(
+    selector: &BTreeMap<String, String>,
+    labels: &BTreeMap<String, String>,
+) -> bool {
     selector.iter().all(|(k, v)| labels.get(k) == Some(v))
 }
 
@@ -613,8 +720,16 @@ mod tests {
                 "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {}\n",
                 Err("field `metadata.name`: Required value"),
             ),
-            ("no kind", "apiVersion: v1\nmetadata: {name: x}\n", Err("field `kind`: Required value")),
-            ("bad yaml", "apiVersion: v1\nkind: [\n", Err("t.yaml: document 1: invalid YAML")),
+            (
+                "no kind",
+                "apiVersion: v1\nmetadata: {name: x}\n",
+                Err("field `kind`: Required value"),
+            ),
+            (
+                "bad yaml",
+                "apiVersion: v1\nkind: [\n",
+                Err("t.yaml: document 1: invalid YAML"),
+            ),
             (
                 "bad name",
                 "apiVersion: v1\nkind: Namespace\nmetadata: {name: Demo_1}\n",
@@ -625,7 +740,9 @@ mod tests {
             let got = one(text).map(|o| o.key().to_string());
             match (want, &got) {
                 (Ok(w), Ok(g)) => assert_eq!(g, w, "{name}"),
-                (Err(w), Err(g)) => assert!(g.contains(w), "{name}: error {g:?} does not contain {w:?}"),
+                (Err(w), Err(g)) => {
+                    assert!(g.contains(w), "{name}: error {g:?} does not contain {w:?}")
+                }
                 _ => panic!("{name}: want {want:?}, got {got:?}"),
             }
         }

@@ -9,7 +9,7 @@ pub mod manifest;
 mod net;
 mod pod;
 mod reconcile;
-mod state;
+pub mod state;
 mod status;
 
 use std::{
@@ -107,7 +107,9 @@ impl Lab {
         self.dir.join("pods").join(format!("{ns}_{name}"))
     }
     pub fn log_path(&self, ns: &str, pod: &str, container: &str) -> PathBuf {
-        self.dir.join("logs").join(format!("{ns}_{pod}_{container}.log"))
+        self.dir
+            .join("logs")
+            .join(format!("{ns}_{pod}_{container}.log"))
     }
     pub fn pod_path(&self, st: &LabState) -> String {
         format!(
@@ -120,10 +122,12 @@ impl Lab {
     fn lock(&self) -> anyhow::Result<Flock<File>> {
         let path = self.dir.with_extension("lock");
         let f = File::create(&path).with_context(|| format!("creating {}", path.display()))?;
-        Flock::lock(f, FlockArg::LockExclusive).map_err(|(_, e)| anyhow::anyhow!("locking {}: {e}", path.display()))
+        Flock::lock(f, FlockArg::LockExclusive)
+            .map_err(|(_, e)| anyhow::anyhow!("locking {}: {e}", path.display()))
     }
     fn load(&self) -> anyhow::Result<LabState> {
-        LabState::load(&self.state_path())?.context("no lab is running: start one with `cargo xtask lab up`")
+        LabState::load(&self.state_path())?
+            .context("no lab is running: start one with `cargo xtask lab up`")
     }
 }
 
@@ -135,13 +139,19 @@ pub fn run(cmd: LabCommand) -> anyhow::Result<()> {
         LabCommand::Down => down(&lab),
         LabCommand::Apply { files } => apply(&lab, &files),
         LabCommand::Delete { files } => delete(&lab, &files),
-        LabCommand::Exec { pod, namespace, command } => {
+        LabCommand::Exec {
+            pod,
+            namespace,
+            command,
+        } => {
             let code = exec(&lab, &namespace, &pod, &command)?;
             std::process::exit(code)
         }
         LabCommand::ExecNode { node, command } => {
             let st = lab.load()?;
-            let n = st.node(&node).with_context(|| format!("no node {node:?} in the lab"))?;
+            let n = st
+                .node(&node)
+                .with_context(|| format!("no node {node:?} in the lab"))?;
             let code = Command::new("nsenter")
                 .arg(format!("--net=/run/netns/{}", n.netns))
                 .args(&command)
@@ -155,7 +165,11 @@ pub fn run(cmd: LabCommand) -> anyhow::Result<()> {
             let st = lab.load()?;
             status::print(&st, json)
         }
-        LabCommand::Logs { pod, namespace, container } => {
+        LabCommand::Logs {
+            pod,
+            namespace,
+            container,
+        } => {
             let st = lab.load()?;
             let p = st
                 .pods
@@ -166,7 +180,8 @@ pub fn run(cmd: LabCommand) -> anyhow::Result<()> {
                 None => p.containers.first(),
             }
             .with_context(|| format!("pod {namespace}/{pod} has no container {container:?}"))?;
-            let text = std::fs::read_to_string(&c.log).with_context(|| format!("reading {}", c.log.display()))?;
+            let text = std::fs::read_to_string(&c.log)
+                .with_context(|| format!("reading {}", c.log.display()))?;
             print!("{text}");
             Ok(())
         }
@@ -178,11 +193,24 @@ fn build_binaries() -> anyhow::Result<PathBuf> {
     let bin_dir = util::target_dir().join("debug");
     if std::env::var("WEFT_LAB_NO_BUILD").as_deref() != Ok("1") {
         println!("building workspace binaries for the lab …");
-        util::run(util::cargo().args(["build", "--quiet", "--bins", "-p", "mesh-tests", "-p", "mesh-agent", "-p", "mesh-controller"]))?;
+        util::run(util::cargo().args([
+            "build",
+            "--quiet",
+            "--bins",
+            "-p",
+            "mesh-tests",
+            "-p",
+            "mesh-agent",
+            "-p",
+            "mesh-controller",
+        ]))?;
     }
     for b in ["mesh-echo", "mesh-client"] {
         if !bin_dir.join(b).exists() {
-            bail!("{} missing: build the workspace first", bin_dir.join(b).display());
+            bail!(
+                "{} missing: build the workspace first",
+                bin_dir.join(b).display()
+            );
         }
     }
     Ok(bin_dir)
@@ -203,7 +231,11 @@ pub fn up(lab: &Lab, nodes: u8) -> anyhow::Result<()> {
         bail!(
             "leftovers of an earlier lab exist ({} namespaces{}): run `cargo xtask lab down` first",
             leftovers.len(),
-            if lab.cgroup_root.exists() { ", cgroups" } else { "" }
+            if lab.cgroup_root.exists() {
+                ", cgroups"
+            } else {
+                ""
+            }
         );
     }
     let bin_dir = build_binaries()?;
@@ -250,7 +282,10 @@ pub fn up(lab: &Lab, nodes: u8) -> anyhow::Result<()> {
             node_pod_gateway(n.index)
         );
     }
-    println!("lab ready in {}: `cargo xtask lab apply -f examples/`", lab.dir.display());
+    println!(
+        "lab ready in {}: `cargo xtask lab apply -f examples/`",
+        lab.dir.display()
+    );
     Ok(())
 }
 
@@ -270,7 +305,9 @@ fn teardown(lab: &Lab) -> anyhow::Result<()> {
         net::netns_del(&ns);
     }
     // eBPF pins of the lab's node agents.
-    let mut nodes: Vec<String> = st.map(|s| s.nodes.into_iter().map(|n| n.name).collect()).unwrap_or_default();
+    let mut nodes: Vec<String> = st
+        .map(|s| s.nodes.into_iter().map(|n| n.name).collect())
+        .unwrap_or_default();
     if let Ok(rd) = std::fs::read_dir("/sys/fs/bpf/weft") {
         nodes.extend(
             rd.flatten()
@@ -281,11 +318,13 @@ fn teardown(lab: &Lab) -> anyhow::Result<()> {
     for n in nodes {
         let p = Path::new("/sys/fs/bpf/weft").join(n);
         if p.exists() {
-            std::fs::remove_dir_all(&p).with_context(|| format!("removing pins {}", p.display()))?;
+            std::fs::remove_dir_all(&p)
+                .with_context(|| format!("removing pins {}", p.display()))?;
         }
     }
     if lab.dir.exists() {
-        std::fs::remove_dir_all(&lab.dir).with_context(|| format!("removing {}", lab.dir.display()))?;
+        std::fs::remove_dir_all(&lab.dir)
+            .with_context(|| format!("removing {}", lab.dir.display()))?;
     }
     let left = net::lab_netns();
     if !left.is_empty() {
@@ -320,8 +359,14 @@ pub fn apply(lab: &Lab, files: &[PathBuf]) -> anyhow::Result<()> {
     let mut st = lab.load()?;
     let (docs, mut errors) = load_docs(files)?;
     // Namespaces first, so objects in a namespace created by the same apply are accepted.
-    let mut ordered: Vec<&Doc> = docs.iter().filter(|d| matches!(d.obj, Object::Namespace(_))).collect();
-    ordered.extend(docs.iter().filter(|d| !matches!(d.obj, Object::Namespace(_))));
+    let mut ordered: Vec<&Doc> = docs
+        .iter()
+        .filter(|d| matches!(d.obj, Object::Namespace(_)))
+        .collect();
+    ordered.extend(
+        docs.iter()
+            .filter(|d| !matches!(d.obj, Object::Namespace(_))),
+    );
     let mut changed: BTreeMap<String, &'static str> = BTreeMap::new();
     for d in ordered {
         let key = d.obj.key();
@@ -333,7 +378,10 @@ pub fn apply(lab: &Lab, files: &[PathBuf]) -> anyhow::Result<()> {
             message: msg,
         };
         if !key.namespace.is_empty() && !st.namespace_exists(&key.namespace) {
-            errors.push(fail(format!("namespace {:?} not found", key.namespace), "metadata.namespace"));
+            errors.push(fail(
+                format!("namespace {:?} not found", key.namespace),
+                "metadata.namespace",
+            ));
             continue;
         }
         let id = object_id(&key);
@@ -352,8 +400,25 @@ pub fn apply(lab: &Lab, files: &[PathBuf]) -> anyhow::Result<()> {
             Some(old) if old.value == value => "unchanged",
             Some(_) => "configured",
         };
-        st.objects.insert(id, StoredObject { key: key.clone(), value });
-        changed.insert(format!("{}/{}", key.kind.to_ascii_lowercase(), if key.namespace.is_empty() { key.name.clone() } else { format!("{}/{}", key.namespace, key.name) }), verb);
+        st.objects.insert(
+            id,
+            StoredObject {
+                key: key.clone(),
+                value,
+            },
+        );
+        changed.insert(
+            format!(
+                "{}/{}",
+                key.kind.to_ascii_lowercase(),
+                if key.namespace.is_empty() {
+                    key.name.clone()
+                } else {
+                    format!("{}/{}", key.namespace, key.name)
+                }
+            ),
+            verb,
+        );
     }
     for (k, verb) in &changed {
         println!("{k} {verb}");
@@ -389,6 +454,15 @@ pub fn delete(lab: &Lab, files: &[PathBuf]) -> anyhow::Result<()> {
 
 /// Runs `command` in a pod (netns + cgroup + its /etc files) and returns its exit code.
 pub fn exec(lab: &Lab, ns: &str, pod: &str, command: &[String]) -> anyhow::Result<i32> {
+    let mut cmd = pod_command(lab, ns, pod, command)?;
+    let st = cmd
+        .status()
+        .with_context(|| format!("running {command:?} in pod {ns}/{pod}"))?;
+    Ok(st.code().unwrap_or(128 + st.signal_number()))
+}
+
+/// A command prepared to run inside a pod, exactly like the pod's own processes.
+pub fn pod_command(lab: &Lab, ns: &str, pod: &str, command: &[String]) -> anyhow::Result<Command> {
     let st = lab.load()?;
     let p = st
         .pods
@@ -397,7 +471,10 @@ pub fn exec(lab: &Lab, ns: &str, pod: &str, command: &[String]) -> anyhow::Resul
     let (prog, args) = command.split_first().context("no command")?;
     let dir = lab.pod_dir(ns, pod);
     let mut cmd = Command::new(prog);
-    cmd.args(args).env("PATH", lab.pod_path(&st)).env("POD_NAME", pod).env("POD_NAMESPACE", ns);
+    cmd.args(args)
+        .env("PATH", lab.pod_path(&st))
+        .env("POD_NAME", pod)
+        .env("POD_NAMESPACE", ns);
     pod::enter(
         &mut cmd,
         &PodContext {
@@ -407,8 +484,17 @@ pub fn exec(lab: &Lab, ns: &str, pod: &str, command: &[String]) -> anyhow::Resul
             hostname: Some(pod.to_string()),
         },
     )?;
-    let st = cmd.status().with_context(|| format!("running {prog} in pod {ns}/{pod}"))?;
-    Ok(st.code().unwrap_or(128 + st.signal_number()))
+    Ok(cmd)
+}
+
+/// The current state (for the demo and tests).
+pub fn state(lab: &Lab) -> anyhow::Result<LabState> {
+    lab.load()
+}
+
+/// True when a lab is up.
+pub fn is_up(lab: &Lab) -> bool {
+    lab.state_path().exists()
 }
 
 trait SignalNumber {

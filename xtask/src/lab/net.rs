@@ -26,7 +26,6 @@ pub fn netns_add(name: &str) -> anyhow::Result<()> {
     ip(&["-n", name, "link", "set", "lo", "up"])
 }
 
-
 /// Lab namespaces currently present (by prefix).
 pub fn lab_netns() -> Vec<String> {
     std::fs::read_dir("/run/netns")
@@ -56,7 +55,15 @@ pub fn in_netns(netns: &str, prog: &str, args: &[&str]) -> anyhow::Result<String
 pub fn create_underlay() -> anyhow::Result<()> {
     netns_add(UNDERLAY_NS)?;
     ip(&["-n", UNDERLAY_NS, "link", "add", "br0", "type", "bridge"])?;
-    ip(&["-n", UNDERLAY_NS, "addr", "add", &format!("{UNDERLAY_GW}/24"), "dev", "br0"])?;
+    ip(&[
+        "-n",
+        UNDERLAY_NS,
+        "addr",
+        "add",
+        &format!("{UNDERLAY_GW}/24"),
+        "dev",
+        "br0",
+    ])?;
     ip(&["-n", UNDERLAY_NS, "link", "set", "br0", "up"])
 }
 
@@ -64,10 +71,42 @@ pub fn create_node(node: &NodeState) -> anyhow::Result<()> {
     let ns = node.netns.as_str();
     netns_add(ns)?;
     let ul = format!("ul-{}", node.index);
-    ip(&["-n", UNDERLAY_NS, "link", "add", &ul, "type", "veth", "peer", "name", "eth0", "netns", ns])?;
+    ip(&[
+        "-n",
+        UNDERLAY_NS,
+        "link",
+        "add",
+        &ul,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "eth0",
+        "netns",
+        ns,
+    ])?;
     ip(&["-n", UNDERLAY_NS, "link", "set", &ul, "master", "br0", "up"])?;
-    ip(&["-n", ns, "addr", "add", &format!("{}/24", node.underlay_ip), "dev", "eth0"])?;
+    ip(&[
+        "-n",
+        ns,
+        "addr",
+        "add",
+        &format!("{}/24", node.underlay_ip),
+        "dev",
+        "eth0",
+    ])?;
     ip(&["-n", ns, "link", "set", "eth0", "up"])?;
+    // Like a real node: a default route (to the underlay gateway), so the node's own connects to
+    // ClusterIPs get a route before the OUTPUT hook DNATs them.
+    ip(&[
+        "-n",
+        ns,
+        "route",
+        "add",
+        "default",
+        "via",
+        &UNDERLAY_GW.to_string(),
+    ])?;
     in_netns(ns, "sysctl", &["-qw", "net.ipv4.ip_forward=1"])?;
     // Replies to a pod's own /32 come back through its veth; loose reverse-path filtering.
     in_netns(ns, "sysctl", &["-qw", "net.ipv4.conf.all.rp_filter=0"])?;
@@ -91,18 +130,54 @@ pub fn node_routes(node: &NodeState, all: &[NodeState]) -> anyhow::Result<()> {
 }
 
 /// Wires a pod netns to its node with a veth pair.
-pub fn create_pod_net(node: &NodeState, pod_ns: &str, host_veth: &str, pod_ip: Ipv4Addr) -> anyhow::Result<()> {
+pub fn create_pod_net(
+    node: &NodeState,
+    pod_ns: &str,
+    host_veth: &str,
+    pod_ip: Ipv4Addr,
+) -> anyhow::Result<()> {
     let gw = node_pod_gateway(node.index).to_string();
     let node_ns = node.netns.as_str();
     netns_add(pod_ns)?;
-    ip(&["-n", node_ns, "link", "add", host_veth, "type", "veth", "peer", "name", "eth0", "netns", pod_ns])?;
-    ip(&["-n", pod_ns, "addr", "add", &format!("{pod_ip}/32"), "dev", "eth0"])?;
+    ip(&[
+        "-n", node_ns, "link", "add", host_veth, "type", "veth", "peer", "name", "eth0", "netns",
+        pod_ns,
+    ])?;
+    ip(&[
+        "-n",
+        pod_ns,
+        "addr",
+        "add",
+        &format!("{pod_ip}/32"),
+        "dev",
+        "eth0",
+    ])?;
     ip(&["-n", pod_ns, "link", "set", "eth0", "up"])?;
-    ip(&["-n", pod_ns, "route", "add", &gw, "dev", "eth0", "scope", "link"])?;
-    ip(&["-n", pod_ns, "route", "add", "default", "via", &gw, "dev", "eth0"])?;
-    ip(&["-n", node_ns, "addr", "add", &format!("{gw}/32"), "dev", host_veth])?;
+    ip(&[
+        "-n", pod_ns, "route", "add", &gw, "dev", "eth0", "scope", "link",
+    ])?;
+    ip(&[
+        "-n", pod_ns, "route", "add", "default", "via", &gw, "dev", "eth0",
+    ])?;
+    ip(&[
+        "-n",
+        node_ns,
+        "addr",
+        "add",
+        &format!("{gw}/32"),
+        "dev",
+        host_veth,
+    ])?;
     ip(&["-n", node_ns, "link", "set", host_veth, "up"])?;
-    ip(&["-n", node_ns, "route", "replace", &format!("{pod_ip}/32"), "dev", host_veth])
+    ip(&[
+        "-n",
+        node_ns,
+        "route",
+        "replace",
+        &format!("{pod_ip}/32"),
+        "dev",
+        host_veth,
+    ])
 }
 
 /// One Service port as kube-proxy programs it.
@@ -185,7 +260,10 @@ mod tests {
                 cluster_ip: Ipv4Addr::new(10, 96, 0, 10),
                 port: 8080,
                 protocol: "TCP".into(),
-                endpoints: vec![(Ipv4Addr::new(10, 244, 1, 2), 8080), (Ipv4Addr::new(10, 244, 2, 2), 9090)],
+                endpoints: vec![
+                    (Ipv4Addr::new(10, 244, 1, 2), 8080),
+                    (Ipv4Addr::new(10, 244, 2, 2), 9090),
+                ],
             },
             ServiceRule {
                 cluster_ip: Ipv4Addr::new(10, 96, 0, 11),

@@ -64,7 +64,14 @@ pub fn enter(cmd: &mut Command, ctx: &PodContext) -> anyhow::Result<()> {
                     return Err(std::io::Error::last_os_error());
                 }
                 for (src, dst) in [(hosts, &etc_hosts), (resolv, &etc_resolv)] {
-                    if libc::mount(src.as_ptr(), dst.as_ptr(), std::ptr::null(), libc::MS_BIND, std::ptr::null()) != 0 {
+                    if libc::mount(
+                        src.as_ptr(),
+                        dst.as_ptr(),
+                        std::ptr::null(),
+                        libc::MS_BIND,
+                        std::ptr::null(),
+                    ) != 0
+                    {
                         return Err(std::io::Error::last_os_error());
                     }
                 }
@@ -129,7 +136,11 @@ pub fn kill_cgroup(cg: &Path) -> anyhow::Result<()> {
             break;
         }
         if Instant::now() > deadline {
-            bail!("processes in {} survived cgroup.kill: {}", cg.display(), procs.trim());
+            bail!(
+                "processes in {} survived cgroup.kill: {}",
+                cg.display(),
+                procs.trim()
+            );
         }
         std::thread::sleep(Duration::from_millis(10));
     }

@@ -38,7 +38,11 @@ struct WantPod {
 fn hash_of(v: &impl serde::Serialize) -> String {
     let bytes = serde_json::to_vec(v).unwrap_or_default();
     let d = sha2::Sha256::digest(&bytes);
-    d.iter().take(5).map(|b| format!("{b:02x}")).collect::<String>()[..10].to_string()
+    d.iter()
+        .take(5)
+        .map(|b| format!("{b:02x}"))
+        .collect::<String>()[..10]
+        .to_string()
 }
 
 fn typed<T: serde::de::DeserializeOwned>(v: &serde_json::Value) -> anyhow::Result<T> {
@@ -57,7 +61,10 @@ pub fn reconcile(lab: &Lab, st: &mut LabState) -> anyhow::Result<()> {
         let hash = hash_of(&spec.template);
         let tmeta = spec.template.metadata.clone().unwrap_or_default();
         let pspec = spec.template.spec.clone().unwrap_or_default();
-        want_counts.insert((o.key.namespace.clone(), o.key.name.clone()), (replicas, hash.clone()));
+        want_counts.insert(
+            (o.key.namespace.clone(), o.key.name.clone()),
+            (replicas, hash.clone()),
+        );
         for _ in 0..replicas {
             want.push(WantPod {
                 namespace: o.key.namespace.clone(),
@@ -91,11 +98,16 @@ pub fn reconcile(lab: &Lab, st: &mut LabState) -> anyhow::Result<()> {
             && let Some((_, hash)) = want_counts.get(&(p.namespace.clone(), owner.clone()))
             && *hash == p.spec_hash
         {
-            by_owner.entry((p.namespace.clone(), owner.clone())).or_default().push(p.key());
+            by_owner
+                .entry((p.namespace.clone(), owner.clone()))
+                .or_default()
+                .push(p.key());
         }
     }
     for ((ns, owner), (replicas, _)) in &want_counts {
-        let mut have = by_owner.remove(&(ns.clone(), owner.clone())).unwrap_or_default();
+        let mut have = by_owner
+            .remove(&(ns.clone(), owner.clone()))
+            .unwrap_or_default();
         // Oldest first, so scaling down removes the newest (like the ReplicaSet controller's ranking).
         have.sort_by_key(|k| st.pods.get(k).map(|p| (p.created_unix, p.name.clone())));
         keep.extend(have.iter().take(*replicas).cloned());
@@ -129,7 +141,12 @@ pub fn reconcile(lab: &Lab, st: &mut LabState) -> anyhow::Result<()> {
             None => missing.push(w),
         }
     }
-    let doomed: Vec<String> = st.pods.keys().filter(|k| !keep.contains(*k)).cloned().collect();
+    let doomed: Vec<String> = st
+        .pods
+        .keys()
+        .filter(|k| !keep.contains(*k))
+        .cloned()
+        .collect();
 
     // 3. Create missing pods first (surge), then delete doomed ones.
     for w in missing {
@@ -168,7 +185,12 @@ fn schedule(st: &LabState, spec: &PodSpec) -> anyhow::Result<String> {
     st.nodes
         .iter()
         .filter(|n| wanted_host.as_ref().is_none_or(|h| *h == n.name))
-        .min_by_key(|n| (st.pods.values().filter(|p| p.node == n.name).count(), n.index))
+        .min_by_key(|n| {
+            (
+                st.pods.values().filter(|p| p.node == n.name).count(),
+                n.index,
+            )
+        })
         .map(|n| n.name.clone())
         .context("no lab node matches the pod's nodeSelector")
 }
@@ -190,7 +212,8 @@ fn create_pod(lab: &Lab, st: &mut LabState, w: WantPod) -> anyhow::Result<()> {
             &uid.replace('-', "")[..5]
         ),
     };
-    let node_name = schedule(st, &w.spec).with_context(|| format!("scheduling pod {}/{name}", w.namespace))?;
+    let node_name =
+        schedule(st, &w.spec).with_context(|| format!("scheduling pod {}/{name}", w.namespace))?;
     let node = st.node(&node_name).context("node vanished")?.clone();
     let used: BTreeSet<Ipv4Addr> = st.pods.values().map(|p| p.ip).collect();
     let ip = (2..=254u8)
@@ -253,7 +276,9 @@ fn create_pod(lab: &Lab, st: &mut LabState, w: WantPod) -> anyhow::Result<()> {
     for c in &w.spec.containers {
         let mut argv: Vec<String> = c.command.clone().unwrap_or_default();
         argv.extend(c.args.clone().unwrap_or_default());
-        let Some((prog, args)) = argv.split_first() else { continue };
+        let Some((prog, args)) = argv.split_first() else {
+            continue;
+        };
         let mut cmd = Command::new(prog);
         cmd.args(args)
             .env_clear()
@@ -281,8 +306,12 @@ fn create_pod(lab: &Lab, st: &mut LabState, w: WantPod) -> anyhow::Result<()> {
             cmd.env(&e.name, v);
         }
         let log = lab.log_path(&w.namespace, &name, &c.name);
-        let pid = pod::spawn(cmd, &ctx, &log)
-            .with_context(|| format!("starting container {} of pod {}/{name}", c.name, w.namespace))?;
+        let pid = pod::spawn(cmd, &ctx, &log).with_context(|| {
+            format!(
+                "starting container {} of pod {}/{name}",
+                c.name, w.namespace
+            )
+        })?;
         pod.containers.push(ContainerState {
             name: c.name.clone(),
             pid,
@@ -306,7 +335,11 @@ fn allocate_cluster_ips(st: &mut LabState) -> anyhow::Result<()> {
     let services: Vec<(String, Option<String>)> = st
         .objects_of("Service")
         .map(|o| {
-            let ip = o.value.pointer("/spec/clusterIP").and_then(|v| v.as_str()).map(str::to_string);
+            let ip = o
+                .value
+                .pointer("/spec/clusterIP")
+                .and_then(|v| v.as_str())
+                .map(str::to_string);
             (format!("{}/{}", o.key.namespace, o.key.name), ip)
         })
         .collect();
@@ -319,7 +352,9 @@ fn allocate_cluster_ips(st: &mut LabState) -> anyhow::Result<()> {
         let used: BTreeSet<Ipv4Addr> = st.cluster_ips.values().copied().collect();
         let ip = match requested.as_deref().filter(|s| !s.is_empty()) {
             Some(r) => {
-                let ip: Ipv4Addr = r.parse().with_context(|| format!("service {key}: clusterIP"))?;
+                let ip: Ipv4Addr = r
+                    .parse()
+                    .with_context(|| format!("service {key}: clusterIP"))?;
                 if used.contains(&ip) {
                     bail!("service {key}: clusterIP {ip} is already allocated");
                 }
@@ -349,7 +384,11 @@ pub fn service_endpoints(st: &LabState, svc: &Service, ns: &str) -> Endpoints {
     } else {
         st.pods
             .values()
-            .filter(|p| p.namespace == ns && selector_matches(&selector, &p.labels) && p.phase() == "Running")
+            .filter(|p| {
+                p.namespace == ns
+                    && selector_matches(&selector, &p.labels)
+                    && p.phase() == "Running"
+            })
             .collect()
     };
     let mut out = vec![];
@@ -367,7 +406,12 @@ pub fn service_endpoints(st: &LabState, svc: &Service, ns: &str) -> Endpoints {
             }
         }
         eps.sort();
-        out.push((sp.name.clone().unwrap_or_default(), sp.port as u16, proto, eps));
+        out.push((
+            sp.name.clone().unwrap_or_default(),
+            sp.port as u16,
+            proto,
+            eps,
+        ));
     }
     out
 }
@@ -377,7 +421,9 @@ fn named_port(p: &PodState, name: &str, proto: &str) -> Option<u16> {
     spec.containers
         .iter()
         .flat_map(|c| c.ports.iter().flatten())
-        .find(|cp| cp.name.as_deref() == Some(name) && cp.protocol.as_deref().unwrap_or("TCP") == proto)
+        .find(|cp| {
+            cp.name.as_deref() == Some(name) && cp.protocol.as_deref().unwrap_or("TCP") == proto
+        })
         .map(|cp| cp.container_port as u16)
 }
 
@@ -385,7 +431,10 @@ fn service_rules(st: &LabState) -> anyhow::Result<Vec<net::ServiceRule>> {
     let mut rules = vec![];
     for o in st.objects_of("Service") {
         let svc: Service = typed(&o.value)?;
-        let Some(ip) = st.cluster_ips.get(&format!("{}/{}", o.key.namespace, o.key.name)) else {
+        let Some(ip) = st
+            .cluster_ips
+            .get(&format!("{}/{}", o.key.namespace, o.key.name))
+        else {
             continue; // headless
         };
         for (_, port, proto, eps) in service_endpoints(st, &svc, &o.key.namespace) {
@@ -429,7 +478,9 @@ fn write_hosts(lab: &Lab, st: &LabState) -> anyhow::Result<()> {
         );
         for (ns, name, ips) in &services {
             for ip in ips {
-                s.push_str(&format!("{ip}\t{name}.{ns}.svc.cluster.local {name}.{ns}.svc {name}.{ns}"));
+                s.push_str(&format!(
+                    "{ip}\t{name}.{ns}.svc.cluster.local {name}.{ns}.svc {name}.{ns}"
+                ));
                 if *ns == p.namespace {
                     s.push_str(&format!(" {name}"));
                 }

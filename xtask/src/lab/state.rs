@@ -88,7 +88,11 @@ impl PodState {
     }
     /// `Running` while every container process lives, else `Failed`.
     pub fn phase(&self) -> &'static str {
-        if self.containers.iter().all(|c| process_alive(c.pid, &self.cgroup)) {
+        if self
+            .containers
+            .iter()
+            .all(|c| process_alive(c.pid, &self.cgroup))
+        {
             "Running"
         } else {
             "Failed"
@@ -106,9 +110,11 @@ pub fn process_alive(pid: i32, cgroup: &Path) -> bool {
 impl LabState {
     pub fn load(path: &Path) -> anyhow::Result<Option<LabState>> {
         match std::fs::read(path) {
-            Ok(b) => Ok(Some(
-                serde_json::from_slice(&b).with_context(|| format!("corrupt lab state {}", path.display()))?,
-            )),
+            Ok(b) => {
+                Ok(Some(serde_json::from_slice(&b).with_context(|| {
+                    format!("corrupt lab state {}", path.display())
+                })?))
+            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
         }
@@ -130,7 +136,9 @@ impl LabState {
     }
 
     pub fn namespace_exists(&self, ns: &str) -> bool {
-        ns == "default" || ns == "kube-system" || self.objects_of("Namespace").any(|o| o.key.name == ns)
+        ns == "default"
+            || ns == "kube-system"
+            || self.objects_of("Namespace").any(|o| o.key.name == ns)
     }
 }
 

@@ -41,17 +41,34 @@ pub fn print(st: &LabState, as_json: bool) -> anyhow::Result<()> {
         services.push(json!({"namespace": o.key.namespace, "name": o.key.name, "cluster_ip": ip, "ports": ports}));
     }
     if as_json {
-        println!("{}", serde_json::to_string_pretty(&json!({"nodes": nodes, "pods": pods, "services": services}))?);
+        println!(
+            "{}",
+            serde_json::to_string_pretty(
+                &json!({"nodes": nodes, "pods": pods, "services": services})
+            )?
+        );
         return Ok(());
     }
     println!("NODES");
-    println!("  {:<10} {:<14} {:<16} {:>4}", "NAME", "UNDERLAY", "POD CIDR", "PODS");
+    println!(
+        "  {:<10} {:<14} {:<16} {:>4}",
+        "NAME", "UNDERLAY", "POD CIDR", "PODS"
+    );
     for n in &st.nodes {
         let count = st.pods.values().filter(|p| p.node == n.name).count();
-        println!("  {:<10} {:<14} {:<16} {:>4}", n.name, n.underlay_ip.to_string(), n.pod_cidr, count);
+        println!(
+            "  {:<10} {:<14} {:<16} {:>4}",
+            n.name,
+            n.underlay_ip.to_string(),
+            n.pod_cidr,
+            count
+        );
     }
     println!("PODS");
-    println!("  {:<12} {:<36} {:<14} {:<8} {:<8} LABELS", "NAMESPACE", "NAME", "IP", "NODE", "PHASE");
+    println!(
+        "  {:<12} {:<36} {:<14} {:<8} {:<8} LABELS",
+        "NAMESPACE", "NAME", "IP", "NODE", "PHASE"
+    );
     for p in st.pods.values() {
         let labels: Vec<String> = p.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
         println!(
@@ -65,7 +82,10 @@ pub fn print(st: &LabState, as_json: bool) -> anyhow::Result<()> {
         );
     }
     println!("SERVICES");
-    println!("  {:<12} {:<16} {:<14} PORTS → ENDPOINTS", "NAMESPACE", "NAME", "CLUSTER-IP");
+    println!(
+        "  {:<12} {:<16} {:<14} PORTS → ENDPOINTS",
+        "NAMESPACE", "NAME", "CLUSTER-IP"
+    );
     for s in &services {
         let ports: Vec<String> = s["ports"]
             .as_array()
@@ -78,7 +98,12 @@ pub fn print(st: &LabState, as_json: bool) -> anyhow::Result<()> {
                     .flatten()
                     .map(|e| format!("{}:{}", e["ip"].as_str().unwrap_or(""), e["port"]))
                     .collect();
-                format!("{}/{} → [{}]", p["port"], p["protocol"].as_str().unwrap_or(""), eps.join(" "))
+                format!(
+                    "{}/{} → [{}]",
+                    p["port"],
+                    p["protocol"].as_str().unwrap_or(""),
+                    eps.join(" ")
+                )
             })
             .collect();
         println!(
