@@ -68,6 +68,7 @@ pub fn run(mode: Mode) -> anyhow::Result<()> {
     packages(&mut r)?;
     nightly(&mut r)?;
     bpf_linker(&mut r)?;
+    cargo_deny(&mut r)?;
     bpffs(&mut r)?;
     let cg = cgroup2_root().context(
         "no cgroup v2 hierarchy found at /sys/fs/cgroup/unified or /sys/fs/cgroup; \
@@ -238,6 +239,32 @@ fn bpf_linker(r: &mut Report) -> anyhow::Result<()> {
     r.did(format!(
         "installed bpf-linker {BPF_LINKER_VERSION} (llvm-{major})"
     ));
+    Ok(())
+}
+
+/// cargo-deny checks licences, bans and sources in `cargo xtask test` (a crates.io package).
+const CARGO_DENY_VERSION: &str = "0.20.2";
+
+fn cargo_deny(r: &mut Report) -> anyhow::Result<()> {
+    let have = Command::new("cargo-deny")
+        .arg("--version")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).contains(CARGO_DENY_VERSION))
+        .unwrap_or(false);
+    if have {
+        r.ok(&format!("cargo-deny {CARGO_DENY_VERSION}"));
+        return Ok(());
+    }
+    println!("  ...   building cargo-deny {CARGO_DENY_VERSION} (about 3 minutes)");
+    run_cmd(Command::new("cargo").args([
+        "install",
+        "cargo-deny",
+        "--locked",
+        "--version",
+        CARGO_DENY_VERSION,
+    ]))
+    .context("building cargo-deny failed")?;
+    r.did(format!("installed cargo-deny {CARGO_DENY_VERSION}"));
     Ok(())
 }
 

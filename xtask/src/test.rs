@@ -39,6 +39,11 @@ pub fn run(args: TestArgs) -> anyhow::Result<()> {
             ],
             vec![],
         ));
+        steps.push((
+            "deny",
+            vec!["deny", "check", "bans", "licenses", "sources"],
+            vec![],
+        ));
     }
     // One build of every binary, shared by the test steps below (the lab runs them).
     steps.push(("build", vec!["build", "--bins"], vec![]));
