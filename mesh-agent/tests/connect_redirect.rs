@@ -178,7 +178,7 @@ fn connect4_redirects_enrolled_pods_only() {
             cookie,
             PodEntry {
                 pod_index: 1,
-                flags: pod_flags::LISTENERS_READY,
+                flags: pod_flags::ENROLLED,
             },
         )
         .expect("enroll");

@@ -68,8 +68,9 @@ pub struct PodEntry {
 
 /// Bits of [`PodEntry::flags`].
 pub mod pod_flags {
-    /// The pod's in-pod listeners are open: connects may be redirected.
-    pub const LISTENERS_READY: u32 = 1 << 0;
+    /// The pod is enrolled: its in-pod listeners were opened. Its connects are redirected and inbound
+    /// connections without a live listener are dropped (fail closed) until it is un-enrolled.
+    pub const ENROLLED: u32 = 1 << 0;
     /// Same-node sk_msg fast path enabled for this pod.
     pub const FAST_PATH: u32 = 1 << 1;
 }
@@ -113,11 +114,27 @@ pub mod stats {
     pub const CONNECT_SKIP_BYPASS: u32 = 6;
     pub const CONNECT_SKIP_EXCLUDED: u32 = 7;
     pub const CONNECT_ERR_MAP_FULL: u32 = 8;
+    pub const SOCKOPS_ORIG_MOVED: u32 = 9;
+    pub const SOCKOPS_ORIG_MISSED: u32 = 10;
+    pub const SOCKOPS_ORIG_CLEANED: u32 = 11;
+    pub const SOCKOPS_FAST_PATH_ADDED: u32 = 12;
+    pub const LOOKUP_STEERED: u32 = 13;
+    pub const LOOKUP_SKIP_LOOPBACK: u32 = 14;
+    pub const LOOKUP_SKIP_NOT_POD: u32 = 15;
+    pub const LOOKUP_SKIP_MESH_PORT: u32 = 16;
+    pub const LOOKUP_SKIP_EXCLUDED: u32 = 17;
+    pub const LOOKUP_SKIP_PROBE: u32 = 18;
+    pub const LOOKUP_SKIP_HAIRPIN: u32 = 19;
+    pub const LOOKUP_SKIP_BYPASS: u32 = 20;
+    pub const LOOKUP_DROP_NO_LISTENER: u32 = 21;
+    pub const FAST_PATH_REDIRECTED: u32 = 22;
+    pub const FAST_PATH_MISSED: u32 = 23;
+    pub const LOOKUP_SKIP_NOT_TCP: u32 = 24;
     /// Number of counters; size of the `STATS` array.
     pub const COUNT: u32 = 32;
 
-    /// Human names, index = counter id (empty = unused slot).
-    pub const NAMES: [&str; 9] = [
+    /// Human names, index = counter id.
+    pub const NAMES: [&str; 25] = [
         "connect_redirected",
         "connect_skip_not_tcp",
         "connect_skip_proxy",
@@ -127,6 +144,22 @@ pub mod stats {
         "connect_skip_bypass",
         "connect_skip_excluded",
         "connect_err_map_full",
+        "sockops_orig_moved",
+        "sockops_orig_missed",
+        "sockops_orig_cleaned",
+        "sockops_fast_path_added",
+        "lookup_steered",
+        "lookup_skip_loopback",
+        "lookup_skip_not_pod",
+        "lookup_skip_mesh_port",
+        "lookup_skip_excluded",
+        "lookup_skip_probe",
+        "lookup_skip_hairpin",
+        "lookup_skip_bypass",
+        "lookup_drop_no_listener",
+        "fast_path_redirected",
+        "fast_path_missed",
+        "lookup_skip_not_tcp",
     ];
 }
 
@@ -135,12 +168,75 @@ pub mod maps {
     pub const CONFIG: &str = "CONFIG";
     pub const MESHED_NETNS: &str = "MESHED_NETNS";
     pub const ORIG_BY_COOKIE: &str = "ORIG_BY_COOKIE";
+    pub const ORIG_BY_SRC: &str = "ORIG_BY_SRC";
+    pub const EXCLUDED_PORTS: &str = "EXCLUDED_PORTS";
+    pub const EXCLUDED_CIDRS: &str = "EXCLUDED_CIDRS";
+    pub const POD_IPS: &str = "POD_IPS";
+    pub const PROBE_SOURCES: &str = "PROBE_SOURCES";
+    pub const INBOUND: &str = "INBOUND";
+    pub const FAST_SOCKS: &str = "FAST_SOCKS";
     pub const STATS: &str = "STATS";
+    /// Every map, in the order `mesh-agent bpf maps` shows them.
+    pub const ALL: [&str; 11] = [
+        CONFIG,
+        MESHED_NETNS,
+        POD_IPS,
+        ORIG_BY_COOKIE,
+        ORIG_BY_SRC,
+        EXCLUDED_PORTS,
+        EXCLUDED_CIDRS,
+        PROBE_SOURCES,
+        INBOUND,
+        FAST_SOCKS,
+        STATS,
+    ];
+}
+
+/// Key of `EXCLUDED_PORTS`: a port a pod keeps out of the mesh, in one direction.
+///
+/// Outbound entries are scoped by the pod's netns cookie, inbound ones by its IPv4 address
+/// (network order, zero-extended): that is what each hook can see.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PortKey {
+    pub scope: u64,
+    /// Host byte order.
+    pub port: u16,
+    /// [`direction::OUTBOUND`] or [`direction::INBOUND`].
+    pub direction: u16,
+    pub _pad: u32,
+}
+
+pub mod direction {
+    pub const OUTBOUND: u16 = 1;
+    pub const INBOUND: u16 = 2;
+}
+
+/// Data of an `EXCLUDED_CIDRS` LPM-trie key: the pod's netns cookie then an IPv4 prefix (network
+/// order). The trie's prefix length counts the 64 cookie bits plus the CIDR's bits.
+#[repr(C, packed(4))]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CidrKey {
+    pub netns_cookie: u64,
+    pub addr: u32,
+}
+
+/// Key of `FAST_SOCKS`: a socket's own 4-tuple (IPv4, network order addresses, host order ports).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SockKey {
+    pub local_ip: u32,
+    pub remote_ip: u32,
+    pub local_port: u32,
+    pub remote_port: u32,
 }
 
 /// Capacities of the maps.
 pub const MAX_PODS: u32 = 4096;
 pub const MAX_INFLIGHT_CONNECTS: u32 = 65536;
+pub const MAX_EXCLUSIONS: u32 = 16384;
+pub const MAX_FAST_SOCKETS: u32 = 65536;
+pub const MAX_PROBE_SOURCES: u32 = 64;
 
 #[cfg(feature = "user")]
 mod pod_impls {
@@ -150,6 +246,9 @@ mod pod_impls {
     unsafe impl aya::Pod for PodEntry {}
     unsafe impl aya::Pod for OrigDst {}
     unsafe impl aya::Pod for SrcKey {}
+    unsafe impl aya::Pod for PortKey {}
+    unsafe impl aya::Pod for CidrKey {}
+    unsafe impl aya::Pod for SockKey {}
 }
 
 #[cfg(test)]
@@ -174,6 +273,16 @@ mod tests {
         assert_eq!(offset_of!(SrcKey, addr), 8);
         assert_eq!(offset_of!(SrcKey, port), 24);
         assert_eq!(offset_of!(SrcKey, family), 26);
+
+        assert_eq!(size_of::<PortKey>(), 16);
+        assert_eq!(offset_of!(PortKey, port), 8);
+        assert_eq!(offset_of!(PortKey, direction), 10);
+
+        assert_eq!(size_of::<CidrKey>(), 12);
+        assert_eq!(offset_of!(CidrKey, addr), 8);
+
+        assert_eq!(size_of::<SockKey>(), 16);
+        assert_eq!(offset_of!(SockKey, remote_port), 12);
     }
 
     #[test]
@@ -188,7 +297,7 @@ mod tests {
 
     #[test]
     fn stat_names_cover_every_counter() {
-        assert_eq!(stats::NAMES.len() as u32, stats::CONNECT_ERR_MAP_FULL + 1);
+        assert_eq!(stats::NAMES.len() as u32, stats::LOOKUP_SKIP_NOT_TCP + 1);
         assert!(stats::NAMES.len() as u32 <= stats::COUNT);
     }
 }

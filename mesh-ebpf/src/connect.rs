@@ -8,9 +8,12 @@ use aya_ebpf::{
     macros::cgroup_sock_addr,
     programs::SockAddrContext,
 };
-use mesh_common::{AF_INET, AF_INET6, OrigDst, config_flags, pod_flags, ports, stats};
+use aya_ebpf::maps::lpm_trie::Key;
+use mesh_common::{
+    AF_INET, AF_INET6, CidrKey, OrigDst, PortKey, config_flags, direction, pod_flags, ports, stats,
+};
 
-use crate::maps::{MESHED_NETNS, ORIG_BY_COOKIE, config, count};
+use crate::maps::{EXCLUDED_CIDRS, EXCLUDED_PORTS, MESHED_NETNS, ORIG_BY_COOKIE, config, count};
 
 const SOCK_STREAM: u32 = 1;
 const ALLOW: i32 = 1;
@@ -80,14 +83,37 @@ fn try_connect(ctx: &SockAddrContext, family: u16) {
     }
     // SAFETY: sock_addr programs may call bpf_get_netns_cookie with their context.
     let netns = unsafe { bpf_get_netns_cookie(ctx.sock_addr as *mut _) };
-    let pod = match unsafe { MESHED_NETNS.get(&netns) } {
-        Some(p) if p.flags & pod_flags::LISTENERS_READY != 0 => *p,
+    match unsafe { MESHED_NETNS.get(&netns) } {
+        Some(p) if p.flags & pod_flags::ENROLLED != 0 => {}
         _ => {
             count(stats::CONNECT_SKIP_NOT_ENROLLED);
             return;
         }
+    }
+    let pk = PortKey {
+        scope: netns,
+        port,
+        direction: direction::OUTBOUND,
+        _pad: 0,
     };
-    let _ = pod;
+    // SAFETY: read-only lookup.
+    if unsafe { EXCLUDED_PORTS.get(&pk) }.is_some() {
+        count(stats::CONNECT_SKIP_EXCLUDED);
+        return;
+    }
+    if family == AF_INET {
+        let key = Key::new(
+            96,
+            CidrKey {
+                netns_cookie: netns,
+                addr: addr[0],
+            },
+        );
+        if EXCLUDED_CIDRS.get(&key).is_some() {
+            count(stats::CONNECT_SKIP_EXCLUDED);
+            return;
+        }
+    }
     // SAFETY: as above.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.sock_addr as *mut _) };
     let orig = OrigDst {

@@ -6,6 +6,9 @@
 #![no_main]
 
 mod connect;
+mod sk_lookup;
+mod skmsg;
+mod sockops;
 mod maps;
 
 #[cfg(not(test))]
