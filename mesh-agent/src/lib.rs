@@ -1,7 +1,16 @@
 //! Weft's per-node agent.
 //!
-//! - [`ebpf`]: loading the embedded eBPF object (`mesh-ebpf`), attaching it, and reading its maps.
-//!
-//! Pod enrolment, the node proxy, identity and the config client arrive with later issues
-//! (see `docs/` and the issue tracker); nothing here pretends to do them.
+//! - [`ebpf`]: the embedded eBPF object; loading, attaching, pinning and adopting it; typed maps.
+//! - [`state`]: pure decisions (which pods to enrol, what changed).
+//! - [`sources`]: where workloads come from (`--local-config`, the lab's cluster view).
+//! - [`pods`]: locating a pod's cgroup/netns; a per-pod thread creating sockets in its netns.
+//! - [`proxy`]: the L4 node proxy (outbound `:15001`, inbound `:15006`).
+//! - [`agent`]: the run loop tying them together; [`inspect`]: `mesh-agent bpf …`.
+pub mod agent;
 pub mod ebpf;
+pub mod inspect;
+pub mod metrics;
+pub mod pods;
+pub mod proxy;
+pub mod sources;
+pub mod state;

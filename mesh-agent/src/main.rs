@@ -1,10 +1,21 @@
 //! `mesh-agent`: Weft's per-node agent.
+use std::{
+    net::{Ipv4Addr, SocketAddr},
+    path::PathBuf,
+    time::Duration,
+};
+
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
-use mesh_agent::ebpf::Programs;
+use mesh_agent::{
+    agent::{Agent, AgentConfig, Source},
+    ebpf::{Datapath, pins::PinLayout},
+    inspect,
+};
+use serde_json::json;
 
-/// Weft's per-node agent: loads the eBPF capture programs and (with later releases) runs the
-/// node-local proxy for the meshed pods on this node.
+/// Weft's per-node agent: loads the eBPF capture programs, enrols this node's meshed pods (in-pod
+/// listeners, no restart) and runs the node proxy for them.
 #[derive(Parser)]
 #[command(version, about, long_about = None)]
 struct Cli {
@@ -15,19 +26,117 @@ struct Cli {
     command: Command,
 }
 
+#[derive(clap::Args, Clone)]
+struct NodeArgs {
+    /// This node's name (pins live under /sys/fs/bpf/weft/<node>).
+    #[arg(long, env = "NODE_NAME")]
+    node: String,
+    /// Pin directory (default /sys/fs/bpf/weft/<node>).
+    #[arg(long)]
+    pin_dir: Option<PathBuf>,
+    /// Agent state directory (default /run/weft/<node>).
+    #[arg(long)]
+    state_dir: Option<PathBuf>,
+}
+
+impl NodeArgs {
+    fn pins(&self) -> PinLayout {
+        self.pin_dir
+            .clone()
+            .map(PinLayout::new)
+            .unwrap_or_else(|| PinLayout::for_node(&self.node))
+    }
+    fn state_dir(&self) -> PathBuf {
+        self.state_dir
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("/run/weft").join(&self.node))
+    }
+}
+
 #[derive(Subcommand)]
 enum Command {
-    /// Inspect Weft's eBPF programs.
+    /// Run the agent: attach (or adopt) the data path, enrol meshed pods, proxy their traffic.
+    Run {
+        #[command(flatten)]
+        node: NodeArgs,
+        /// The pods cgroup subtree the capture hooks attach to (kubelet's `kubepods`).
+        #[arg(long)]
+        pods_cgroup: PathBuf,
+        /// Workloads from a local file (YAML/JSON `{workloads: [...]}`), the shape the controller streams.
+        #[arg(
+            long,
+            conflicts_with = "lab_cluster_dir",
+            required_unless_present = "lab_cluster_dir"
+        )]
+        local_config: Option<PathBuf>,
+        /// Workloads from the lab's cluster view (Namespaces and Pods as YAML files).
+        #[arg(long)]
+        lab_cluster_dir: Option<PathBuf>,
+        /// Serve /metrics here (Prometheus text format).
+        #[arg(long, default_value = "0.0.0.0:15020")]
+        metrics: SocketAddr,
+        /// Node addresses that kubelet probes come from: never steered to the proxy.
+        #[arg(long = "probe-source")]
+        probe_sources: Vec<Ipv4Addr>,
+        /// Turn the same-node sk_msg fast path on for every pod of this node.
+        #[arg(long)]
+        fast_path: bool,
+        /// How often to re-read the workload source.
+        #[arg(long, default_value = "300ms", value_parser = humantime::parse_duration)]
+        resync: Duration,
+    },
+    /// Inspect (or switch) this node's eBPF data path, from its pins.
     #[command(subcommand)]
     Bpf(BpfCommand),
+    /// Remove every pin of the node (detaching all programs) and the agent's state. Stop the agent first.
+    Uninstall {
+        #[command(flatten)]
+        node: NodeArgs,
+    },
 }
 
 #[derive(Subcommand)]
 enum BpfCommand {
-    /// Load every Weft program into the kernel (the verifier runs), print their names and ids,
-    /// then unload them. Exit status 0 means this kernel accepts Weft's data path. Needs root.
+    /// Load every Weft program into the kernel (the verifier runs), print names and ids, unload.
     Check {
-        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Weft programs of this node: attach points (links), run counts.
+    Progs {
+        #[command(flatten)]
+        node: NodeArgs,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Every map with its entries decoded (pods by name).
+    Maps {
+        #[command(flatten)]
+        node: NodeArgs,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Per pod: enrolled?, cgroup id, netns cookie, listeners, fast path.
+    Pods {
+        #[command(flatten)]
+        node: NodeArgs,
+        #[arg(long)]
+        json: bool,
+    },
+    /// The decision counters.
+    Stats {
+        #[command(flatten)]
+        node: NodeArgs,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show or switch the node's bypass (deliberate fail-open: capture stops for every pod).
+    Bypass {
+        #[command(flatten)]
+        node: NodeArgs,
+        /// on | off | status
+        #[arg(value_parser = ["on", "off", "status"], default_value = "status")]
+        state: String,
         #[arg(long)]
         json: bool,
     },
@@ -40,23 +149,220 @@ fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     match cli.command {
-        Command::Bpf(BpfCommand::Check { json }) => {
-            let programs = Programs::load().context("loading Weft's eBPF programs")?;
-            let progs = programs.programs();
-            if json {
-                let v: Vec<_> = progs
+        Command::Run {
+            node,
+            pods_cgroup,
+            local_config,
+            lab_cluster_dir,
+            metrics,
+            probe_sources,
+            fast_path,
+            resync,
+        } => {
+            let source = match (local_config, lab_cluster_dir) {
+                (Some(f), _) => Source::Local(f),
+                (None, Some(d)) => Source::Lab(d),
+                (None, None) => {
+                    anyhow::bail!("one of --local-config or --lab-cluster-dir is required")
+                }
+            };
+            let cfg = AgentConfig {
+                pins: node.pins(),
+                state_dir: node.state_dir(),
+                node: node.node.clone(),
+                pods_cgroup,
+                source,
+                metrics_addr: Some(metrics),
+                probe_sources,
+                fast_path,
+                resync,
+            };
+            tracing::info!(config = ?cfg, "mesh-agent {} starting", env!("CARGO_PKG_VERSION"));
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
+            rt.block_on(async move {
+                let agent = Agent::start(cfg).context("starting the agent")?;
+                agent.run().await.context("agent")
+            })
+        }
+        Command::Uninstall { node } => {
+            let removed = inspect::uninstall(&node.pins(), &node.state_dir())?;
+            println!(
+                "{}",
+                if removed {
+                    format!(
+                        "removed {} (all programs detached)",
+                        node.pins().root.display()
+                    )
+                } else {
+                    "nothing pinned".into()
+                }
+            );
+            Ok(())
+        }
+        Command::Bpf(cmd) => bpf(cmd),
+    }
+}
+
+fn print(
+    json_out: bool,
+    v: &serde_json::Value,
+    table: impl FnOnce(&serde_json::Value),
+) -> anyhow::Result<()> {
+    if json_out {
+        println!("{}", serde_json::to_string_pretty(v)?);
+    } else {
+        table(v);
+    }
+    Ok(())
+}
+
+fn s(v: &serde_json::Value) -> String {
+    match v {
+        serde_json::Value::String(s) => s.clone(),
+        serde_json::Value::Null => "-".into(),
+        other => other.to_string(),
+    }
+}
+
+fn bpf(cmd: BpfCommand) -> anyhow::Result<()> {
+    match cmd {
+        BpfCommand::Check { json } => {
+            let dir = PinLayout::new(format!("/sys/fs/bpf/weft-check-{}", std::process::id()));
+            let res = (|| -> anyhow::Result<Vec<(String, u32)>> {
+                let mut dp = Datapath::open(dir.clone()).context("loading Weft's eBPF object")?;
+                Ok(dp.load_all()?)
+            })();
+            let _ = std::fs::remove_dir_all(&dir.root);
+            let progs = res?;
+            let v = json!(
+                progs
                     .iter()
-                    .map(|(name, id)| serde_json::json!({"name": name, "id": id}))
-                    .collect();
-                println!("{}", serde_json::to_string_pretty(&v)?);
-            } else {
+                    .map(|(n, id)| json!({"name": n, "id": id}))
+                    .collect::<Vec<_>>()
+            );
+            print(json, &v, |_| {
                 println!("{:<20} {:>8}", "PROGRAM", "ID");
-                for (name, id) in &progs {
-                    println!("{name:<20} {id:>8}");
+                for (n, id) in &progs {
+                    println!("{n:<20} {id:>8}");
                 }
                 println!("ok: {} programs loaded and verified", progs.len());
+            })
+        }
+        BpfCommand::Progs { node, json } => {
+            let v = inspect::progs_json(&node.pins())?;
+            print(json, &v, |v| {
+                println!("PROGRAMS");
+                println!("  {:>6} {:<18} {:<16} {:>10}", "ID", "NAME", "TYPE", "RUNS");
+                for p in v["programs"].as_array().into_iter().flatten() {
+                    println!(
+                        "  {:>6} {:<18} {:<16} {:>10}",
+                        s(&p["id"]),
+                        s(&p["name"]),
+                        s(&p["type"]),
+                        s(&p["run_count"])
+                    );
+                }
+                println!("LINKS (pinned attachments)");
+                println!(
+                    "  {:<48} {:>6} {:>6} {:<22} TARGET",
+                    "PIN", "LINK", "PROG", "ATTACH"
+                );
+                for l in v["links"].as_array().into_iter().flatten() {
+                    println!(
+                        "  {:<48} {:>6} {:>6} {:<22} {}",
+                        s(&l["pin"]),
+                        s(&l["link_id"]),
+                        s(&l["prog_id"]),
+                        s(&l["attach_type"]),
+                        s(&l["target"])
+                    );
+                }
+            })
+        }
+        BpfCommand::Maps { node, json } => {
+            let v = inspect::maps_json(&node.pins(), &node.state_dir())?;
+            print(json, &v, |v| {
+                for (name, entries) in v.as_object().into_iter().flatten() {
+                    match entries {
+                        serde_json::Value::Array(a) => {
+                            println!("{name} ({} entries)", a.len());
+                            for e in a {
+                                println!("  {}", s(e));
+                            }
+                        }
+                        other => println!("{name}: {other}"),
+                    }
+                }
+            })
+        }
+        BpfCommand::Pods { node, json } => {
+            let v = inspect::pods_json(&node.pins(), &node.state_dir())?;
+            print(json, &v, |v| {
+                println!(
+                    "{:<12} {:<36} {:<14} {:<8} {:>10} {:>8} {:<5} LISTENERS",
+                    "NAMESPACE", "POD", "IP", "ENROLLED", "CGROUP-ID", "NETNS", "FAST"
+                );
+                for p in v.as_array().into_iter().flatten() {
+                    let l: Vec<String> = p["listeners"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .map(s)
+                        .collect();
+                    println!(
+                        "{:<12} {:<36} {:<14} {:<8} {:>10} {:>8} {:<5} {}",
+                        s(&p["namespace"]),
+                        s(&p["name"]),
+                        s(&p["ip"]),
+                        s(&p["enrolled"]),
+                        s(&p["cgroup_id"]),
+                        s(&p["netns_cookie"]),
+                        s(&p["fast_path"]),
+                        l.join(" ")
+                    );
+                }
+            })
+        }
+        BpfCommand::Stats { node, json } => {
+            let st = inspect::stats(&node.pins())?;
+            let v = json!(
+                st.iter()
+                    .map(|(k, v)| (k.to_string(), json!(v)))
+                    .collect::<serde_json::Map<_, _>>()
+            );
+            print(json, &v, |_| {
+                for (k, v) in &st {
+                    println!("{k:<28} {v:>12}");
+                }
+            })
+        }
+        BpfCommand::Bypass { node, state, json } => {
+            let pins = node.pins();
+            let cfg = match state.as_str() {
+                "on" => inspect::set_bypass(&pins, true)?,
+                "off" => inspect::set_bypass(&pins, false)?,
+                _ => inspect::config(&pins)?,
+            };
+            let on = cfg.flags & mesh_common::config_flags::BYPASS != 0;
+            if on && state == "on" {
+                eprintln!(
+                    "WARNING: bypass is ON for node {}: meshed pods' traffic is no longer captured (fail open)",
+                    node.node
+                );
             }
-            Ok(())
+            print(json, &json!({"node": node.node, "bypass": on}), |_| {
+                println!(
+                    "node {}: bypass {}",
+                    node.node,
+                    if on {
+                        "ON (traffic is NOT captured)"
+                    } else {
+                        "off (capture enforced, fail closed)"
+                    }
+                );
+            })
         }
     }
 }

@@ -12,8 +12,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use mesh_agent::ebpf::Programs;
-use mesh_common::{AF_INET, Config, PodEntry, pod_flags};
+use mesh_agent::ebpf::{Datapath, Enrolment, pins::PinLayout};
 
 const SO_NETNS_COOKIE: libc::c_int = 71;
 
@@ -64,11 +63,15 @@ impl Fixture {
 
     /// Opens `127.0.0.1:15001` inside the netns; returns it with the netns cookie.
     fn outbound_listener(&self) -> (TcpListener, u64) {
+        self.listener_on("127.0.0.1:15001")
+    }
+
+    fn listener_on(&self, addr: &'static str) -> (TcpListener, u64) {
         let path = format!("/run/netns/{}", self.netns);
         std::thread::spawn(move || {
             let ns = std::fs::File::open(&path).expect("open netns");
             nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
-            let l = TcpListener::bind("127.0.0.1:15001").expect("bind 15001 in netns");
+            let l = TcpListener::bind(addr).expect("bind in netns");
             l.set_nonblocking(true).expect("nonblocking");
             let mut cookie: u64 = 0;
             let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
@@ -96,8 +99,12 @@ impl Fixture {
 
     /// A process in the netns *and* the cgroup connects to 10.250.0.1:8080 and sends "hello".
     fn pod_connect(&self) -> bool {
+        self.pod_connect_port(8080)
+    }
+
+    fn pod_connect_port(&self, port: u16) -> bool {
         let script = format!(
-            "echo $$ > {}/cgroup.procs && exec 3<>/dev/tcp/10.250.0.1/8080 && echo hello >&3",
+            "echo $$ > {}/cgroup.procs && exec 3<>/dev/tcp/10.250.0.1/{port} && echo hello >&3",
             self.cgroup.display()
         );
         Command::new("nsenter")
@@ -111,6 +118,13 @@ impl Fixture {
             .status()
             .expect("spawning nsenter")
             .success()
+    }
+}
+
+struct Unpin(PathBuf);
+impl Drop for Unpin {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
     }
 }
 
@@ -144,7 +158,7 @@ fn accept_within(l: &TcpListener, d: Duration) -> Option<String> {
     }
 }
 
-fn stat(p: &Programs, name: &str) -> u64 {
+fn stat(p: &Datapath, name: &str) -> u64 {
     p.stats()
         .expect("stats")
         .into_iter()
@@ -159,11 +173,14 @@ fn connect4_redirects_enrolled_pods_only() {
     let (listener, cookie) = f.outbound_listener();
     assert_ne!(cookie, 0);
 
-    let mut progs = Programs::load().expect("load eBPF object");
-    progs.set_config(Config::default()).expect("config");
-    progs
-        .attach_connect(&f.cgroup)
+    let pins = PinLayout::new(format!("/sys/fs/bpf/weft-t-connect-{}", std::process::id()));
+    let _unpin = Unpin(pins.root.clone());
+    let mut progs = Datapath::open(pins.clone()).expect("load eBPF object");
+    progs.set_config(0).expect("config");
+    let report = progs
+        .attach_cgroup_hooks(&f.cgroup, None)
         .expect("attach to test cgroup");
+    assert_eq!(report.attached.len(), 4, "{report:?}");
 
     // Not enrolled yet: the connect goes to 10.250.0.1:8080, where nothing listens.
     assert!(
@@ -173,15 +190,24 @@ fn connect4_redirects_enrolled_pods_only() {
     assert!(accept_within(&listener, Duration::from_millis(200)).is_none());
     assert!(stat(&progs, "connect_skip_not_enrolled") >= 1);
 
+    // Enrolment needs the inbound listener; sk_lookup attaches to the test netns.
+    let (inbound, _) = f.listener_on("0.0.0.0:15006");
+    let netns = std::fs::File::open(format!("/run/netns/{}", f.netns)).expect("netns");
+    let enrolment = Enrolment {
+        uid: "test-pod".into(),
+        netns_cookie: cookie,
+        ip: std::net::Ipv4Addr::new(10, 250, 0, 2),
+        pod_index: 1,
+        fast_path: false,
+        exclude_outbound_ports: vec![9999],
+        exclude_inbound_ports: vec![],
+        exclude_outbound_cidrs: vec![],
+    };
     progs
-        .enroll(
-            cookie,
-            PodEntry {
-                pod_index: 1,
-                flags: pod_flags::ENROLLED,
-            },
-        )
+        .enroll(&enrolment, inbound.as_raw_fd(), &netns)
         .expect("enroll");
+    assert!(pins.sk_lookup_link("test-pod").exists());
+
     assert!(
         f.pod_connect(),
         "enrolled connect must reach the outbound listener"
@@ -189,15 +215,17 @@ fn connect4_redirects_enrolled_pods_only() {
     let got = accept_within(&listener, Duration::from_secs(5)).expect("redirected connection");
     assert_eq!(got, "hello\n");
     assert!(stat(&progs, "connect_redirected") >= 1);
-    let orig = progs.original_destinations().expect("orig dsts");
-    assert!(
-        orig.iter().any(|(_, o)| o.family == AF_INET
-            && o.port == 8080
-            && u32::from_be(o.addr[0]) == u32::from(std::net::Ipv4Addr::new(10, 250, 0, 1))),
-        "original destination 10.250.0.1:8080 not recorded: {orig:?}"
-    );
+    // sock_ops re-filed the original destination under (netns cookie, client address, port).
+    assert!(stat(&progs, "sockops_orig_moved") >= 1);
+    let table = mesh_agent::ebpf::OrigDstTable::open(&pins).expect("orig table");
+    assert_eq!(table.len(), 1, "one re-filed original destination");
 
-    progs.unenroll(cookie).expect("unenroll");
+    // An excluded port is not redirected.
+    assert!(!f.pod_connect_port(9999));
+    assert!(stat(&progs, "connect_skip_excluded") >= 1);
+
+    progs.unenroll(&enrolment).expect("unenroll");
+    assert!(!pins.sk_lookup_link("test-pod").exists());
     assert!(
         !f.pod_connect(),
         "after un-enrolment the connect is not redirected"

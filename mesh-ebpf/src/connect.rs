@@ -3,12 +3,12 @@
 //! A meshed pod's TCP `connect()` is rewritten to the pod-local outbound listener
 //! (`127.0.0.1:15001` / `[::1]:15001` inside the pod's own netns) and the original destination is
 //! recorded under the socket cookie. Return value: always 1 (allow the connect; we only rewrite).
+use aya_ebpf::maps::lpm_trie::Key;
 use aya_ebpf::{
     helpers::{bpf_get_current_cgroup_id, bpf_get_netns_cookie, bpf_get_socket_cookie},
     macros::cgroup_sock_addr,
     programs::SockAddrContext,
 };
-use aya_ebpf::maps::lpm_trie::Key;
 use mesh_common::{
     AF_INET, AF_INET6, CidrKey, OrigDst, PortKey, config_flags, direction, pod_flags, ports, stats,
 };

@@ -6,10 +6,10 @@
 #![no_main]
 
 mod connect;
+mod maps;
 mod sk_lookup;
 mod skmsg;
 mod sockops;
-mod maps;
 
 #[cfg(not(test))]
 #[panic_handler]

@@ -24,14 +24,12 @@ pub static POD_IPS: HashMap<u32, PodEntry> = HashMap::pinned(MAX_PODS, 0);
 
 /// Original destinations by socket cookie, written at connect(). LRU, and cleaned on close.
 #[map(name = "ORIG_BY_COOKIE")]
-pub static ORIG_BY_COOKIE: LruHashMap<u64, OrigDst> =
-    LruHashMap::pinned(MAX_INFLIGHT_CONNECTS, 0);
+pub static ORIG_BY_COOKIE: LruHashMap<u64, OrigDst> = LruHashMap::pinned(MAX_INFLIGHT_CONNECTS, 0);
 
 /// Original destinations re-filed at ACTIVE_ESTABLISHED under what the proxy sees after accept().
 /// The proxy deletes each entry it reads; LRU bounds what a crashed proxy leaves behind.
 #[map(name = "ORIG_BY_SRC")]
-pub static ORIG_BY_SRC: LruHashMap<SrcKey, OrigDst> =
-    LruHashMap::pinned(MAX_INFLIGHT_CONNECTS, 0);
+pub static ORIG_BY_SRC: LruHashMap<SrcKey, OrigDst> = LruHashMap::pinned(MAX_INFLIGHT_CONNECTS, 0);
 
 /// Ports a pod keeps out of the mesh, per direction.
 #[map(name = "EXCLUDED_PORTS")]

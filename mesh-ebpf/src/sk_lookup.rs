@@ -38,8 +38,12 @@ fn try_lookup(ctx: &SkLookupContext) -> u32 {
         count(stats::LOOKUP_SKIP_LOOPBACK);
         return SK_PASS;
     }
+    // Map keys must live on the stack (the verifier refuses pointers into the context).
+    // SAFETY: plain loads from the context.
+    let local_ip4: u32 = unsafe { core::ptr::read_volatile(&l.local_ip4) };
+    let remote_ip4: u32 = unsafe { core::ptr::read_volatile(&l.remote_ip4) };
     // SAFETY: read-only lookup.
-    let pod = match unsafe { POD_IPS.get(&l.local_ip4) } {
+    let pod = match unsafe { POD_IPS.get(&local_ip4) } {
         Some(p) if p.flags & pod_flags::ENROLLED != 0 => *p,
         _ => {
             count(stats::LOOKUP_SKIP_NOT_POD);
@@ -47,7 +51,7 @@ fn try_lookup(ctx: &SkLookupContext) -> u32 {
         }
     };
     let _ = pod;
-    if l.remote_ip4 == l.local_ip4 {
+    if remote_ip4 == local_ip4 {
         count(stats::LOOKUP_SKIP_HAIRPIN);
         return SK_PASS;
     }
@@ -61,12 +65,12 @@ fn try_lookup(ctx: &SkLookupContext) -> u32 {
         return SK_PASS;
     }
     // SAFETY: read-only lookups.
-    if unsafe { PROBE_SOURCES.get(&l.remote_ip4) }.is_some() {
+    if unsafe { PROBE_SOURCES.get(&remote_ip4) }.is_some() {
         count(stats::LOOKUP_SKIP_PROBE);
         return SK_PASS;
     }
     let pk = PortKey {
-        scope: l.local_ip4 as u64,
+        scope: local_ip4 as u64,
         port,
         direction: direction::INBOUND,
         _pad: 0,
@@ -75,7 +79,7 @@ fn try_lookup(ctx: &SkLookupContext) -> u32 {
         count(stats::LOOKUP_SKIP_EXCLUDED);
         return SK_PASS;
     }
-    match INBOUND.redirect_sk_lookup(ctx, l.local_ip4, 0) {
+    match INBOUND.redirect_sk_lookup(ctx, local_ip4, 0) {
         Ok(()) => {
             count(stats::LOOKUP_STEERED);
             SK_PASS

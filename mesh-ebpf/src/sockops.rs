@@ -63,13 +63,18 @@ fn try_sockops(ctx: &SockOpsContext) {
                 if family == AF_INET {
                     key.addr[0] = ctx.local_ip4();
                 } else {
-                    key.addr = ctx.local_ip6();
+                    key.addr = local_ip6(ctx);
                 }
                 if ORIG_BY_SRC.insert(&key, &orig, 0).is_ok() {
                     count(stats::SOCKOPS_ORIG_MOVED);
                 }
                 let _ = ORIG_BY_COOKIE.remove(&cookie);
-                fast_path(ctx, netns, family, u32::from_be(ctx.remote_port()) as u16 == ports::OUTBOUND);
+                fast_path(
+                    ctx,
+                    netns,
+                    family,
+                    u32::from_be(ctx.remote_port()) as u16 == ports::OUTBOUND,
+                );
             } else if u32::from_be(ctx.remote_port()) as u16 == ports::OUTBOUND
                 && family == AF_INET
                 && u32::from_be(ctx.local_ip4()) >> 24 == 127
@@ -86,6 +91,22 @@ fn try_sockops(ctx: &SockOpsContext) {
             }
         }
         _ => {}
+    }
+}
+
+/// The context's IPv6 address, one 32-bit load at a time (the verifier refuses wider or derived
+/// context accesses).
+#[inline(always)]
+fn local_ip6(ctx: &SockOpsContext) -> [u32; 4] {
+    // SAFETY: in-bounds loads of the bpf_sock_ops context.
+    unsafe {
+        let ops = ctx.ops;
+        [
+            core::ptr::read_volatile(&(*ops).local_ip6[0]),
+            core::ptr::read_volatile(&(*ops).local_ip6[1]),
+            core::ptr::read_volatile(&(*ops).local_ip6[2]),
+            core::ptr::read_volatile(&(*ops).local_ip6[3]),
+        ]
     }
 }
 
@@ -107,7 +128,10 @@ fn fast_path(ctx: &SockOpsContext, netns: u64, family: u16, proxy_hop: bool) {
         remote_port: u32::from_be(ctx.remote_port()),
     };
     // SAFETY: the kernel's bpf_sock_ops for this callback.
-    if FAST_SOCKS.update(&mut key, unsafe { &mut *ctx.ops }, 0).is_ok() {
+    if FAST_SOCKS
+        .update(&mut key, unsafe { &mut *ctx.ops }, 0)
+        .is_ok()
+    {
         count(stats::SOCKOPS_FAST_PATH_ADDED);
     }
 }

@@ -1,0 +1,396 @@
+//! `mesh-agent run`: load/adopt the data path, then keep this node's pods enrolled as the workload
+//! source changes, and serve their in-pod listeners.
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::{Ipv4Addr, SocketAddr},
+    os::fd::AsRawFd,
+    path::PathBuf,
+    sync::Arc,
+    time::Duration,
+};
+
+use serde::Serialize;
+use tokio::{net::TcpListener, task::JoinHandle};
+use tracing::{debug, error, info, warn};
+
+use crate::{
+    ebpf::{Datapath, EbpfError, Enrolment, OrigDstTable, netns, pins::PinLayout},
+    metrics::{BpfLabels, Metrics},
+    pods::{
+        locate,
+        worker::{NetnsWorker, WorkerError},
+    },
+    proxy::{PodCtx, inbound, outbound},
+    sources::{self, Snapshot},
+    state::enrolment::{self, PodPlan},
+};
+
+/// Where workloads come from.
+#[derive(Clone, Debug)]
+pub enum Source {
+    /// `--local-config FILE`
+    Local(PathBuf),
+    /// `--lab-cluster-dir DIR`
+    Lab(PathBuf),
+}
+
+#[derive(Clone, Debug)]
+pub struct AgentConfig {
+    pub node: String,
+    pub pods_cgroup: PathBuf,
+    pub pins: PinLayout,
+    pub state_dir: PathBuf,
+    pub source: Source,
+    pub metrics_addr: Option<SocketAddr>,
+    pub probe_sources: Vec<Ipv4Addr>,
+    pub fast_path: bool,
+    pub resync: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error(transparent)]
+    Ebpf(#[from] EbpfError),
+    #[error("pod {pod}: {message}")]
+    Pod { pod: String, message: String },
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// One enrolled pod.
+struct Enrolled {
+    plan: PodPlan,
+    enrolment: Enrolment,
+    ctx: Arc<PodCtx>,
+    accept_tasks: Vec<JoinHandle<()>>,
+    cgroup: PathBuf,
+    cgroup_id: u64,
+    listeners: Vec<String>,
+}
+
+/// What `mesh-agent bpf pods` reads (`<state dir>/pods.json`).
+#[derive(Serialize, serde::Deserialize, Debug, Clone)]
+pub struct PodRecord {
+    pub uid: String,
+    pub name: String,
+    pub namespace: String,
+    pub ip: Ipv4Addr,
+    pub cgroup: PathBuf,
+    pub cgroup_id: u64,
+    pub netns_cookie: u64,
+    pub pod_index: u32,
+    pub fast_path: bool,
+    pub listeners: Vec<String>,
+    pub exclude_outbound_ports: Vec<u16>,
+    pub exclude_inbound_ports: Vec<u16>,
+}
+
+pub struct Agent {
+    cfg: AgentConfig,
+    datapath: Datapath,
+    orig: Arc<OrigDstTable>,
+    metrics: Arc<Metrics>,
+    enrolled: BTreeMap<String, Enrolled>,
+    next_index: u32,
+    last_good: Option<Snapshot>,
+}
+
+impl Agent {
+    /// Opens (or adopts) the node's data path and attaches the cgroup hooks.
+    pub fn start(cfg: AgentConfig) -> Result<Self, AgentError> {
+        let mut datapath = Datapath::open(cfg.pins.clone())?;
+        let own = locate::own_cgroup();
+        let report = datapath.attach_cgroup_hooks(&cfg.pods_cgroup, own.as_deref())?;
+        info!(node = %cfg.node, pins = %cfg.pins.root.display(), attached = ?report.attached, adopted = ?report.adopted, "data path ready");
+        let own_id = own
+            .as_deref()
+            .and_then(|p| locate::cgroup_id(p).ok())
+            .unwrap_or(0);
+        datapath.set_config(own_id)?;
+        datapath.set_probe_sources(&cfg.probe_sources)?;
+        if datapath.config()?.flags & mesh_common::config_flags::BYPASS != 0 {
+            warn!(
+                "BYPASS IS ON for node {}: meshed pods' traffic is NOT captured (fail open); `mesh-agent bpf bypass off` restores capture",
+                cfg.node
+            );
+        }
+        let orig = Arc::new(OrigDstTable::open(&cfg.pins)?);
+        std::fs::create_dir_all(&cfg.state_dir)?;
+        Ok(Self {
+            cfg,
+            datapath,
+            orig,
+            metrics: Metrics::new(),
+            enrolled: BTreeMap::new(),
+            next_index: 1,
+            last_good: None,
+        })
+    }
+
+    pub fn metrics(&self) -> Arc<Metrics> {
+        self.metrics.clone()
+    }
+
+    /// Runs until SIGTERM/SIGINT.
+    pub async fn run(mut self) -> Result<(), AgentError> {
+        if let Some(addr) = self.cfg.metrics_addr {
+            let m = self.metrics.clone();
+            tokio::spawn(async move {
+                if let Err(e) = crate::metrics::serve(addr, m).await {
+                    error!("metrics server on {addr}: {e}");
+                }
+            });
+        }
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        let mut first = true;
+        loop {
+            self.reconcile_once().await;
+            if first {
+                self.forget_stale();
+                first = false;
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(self.cfg.resync) => {}
+                _ = term.recv() => break,
+                _ = tokio::signal::ctrl_c() => break,
+            }
+        }
+        info!(
+            "shutting down: pins stay, so the data path keeps failing closed until an agent returns"
+        );
+        Ok(())
+    }
+
+    fn read_source(&self) -> Result<Snapshot, sources::SourceError> {
+        match &self.cfg.source {
+            Source::Local(p) => sources::local::read(p),
+            Source::Lab(d) => sources::lab::read(d),
+        }
+    }
+
+    /// One pass: read the source (keeping the last good snapshot on errors), enrol/un-enrol.
+    pub async fn reconcile_once(&mut self) {
+        let snap = match self.read_source() {
+            Ok(s) => {
+                for p in &s.problems {
+                    warn!("workload source: {p}");
+                }
+                self.last_good = Some(s.clone());
+                s
+            }
+            Err(e) => {
+                warn!("workload source: {e}; keeping the last good workloads");
+                match &self.last_good {
+                    Some(s) => s.clone(),
+                    None => return,
+                }
+            }
+        };
+        let (desired, errors) =
+            enrolment::desired(&snap.workloads, &self.cfg.node, self.cfg.fast_path);
+        for e in errors {
+            warn!(pod = %e.pod, "not enrolled: {}", e.message);
+        }
+        let present: BTreeSet<&str> = snap.workloads.iter().map(|w| w.uid.as_str()).collect();
+        let current: BTreeMap<String, PodPlan> = self
+            .enrolled
+            .iter()
+            .map(|(k, v)| (k.clone(), v.plan.clone()))
+            .collect();
+        let d = enrolment::diff(&current, &desired);
+        for uid in d.unenroll.iter().chain(d.update.iter()) {
+            let hard = !present.contains(uid.as_str());
+            self.unenroll(uid, hard);
+        }
+        for uid in d.enroll.iter().chain(d.update.iter()) {
+            let Some(plan) = desired.get(uid) else {
+                continue;
+            };
+            if let Err(e) = self.enroll(plan.clone()).await {
+                // Typically the pod's process is not there yet: retried next pass.
+                debug!(pod = %format!("{}/{}", plan.namespace, plan.name), "enrolment deferred: {e}");
+            }
+        }
+        self.metrics.enrolled_pods.set(self.enrolled.len() as i64);
+        if let Ok(stats) = self.datapath.stats() {
+            for (name, v) in stats {
+                self.metrics
+                    .bpf
+                    .get_or_create(&BpfLabels {
+                        decision: name.into(),
+                    })
+                    .set(v as i64);
+            }
+        }
+        self.write_state();
+    }
+
+    async fn enroll(&mut self, plan: PodPlan) -> Result<(), AgentError> {
+        let pod = format!("{}/{}", plan.namespace, plan.name);
+        let perr = |m: String| AgentError::Pod {
+            pod: pod.clone(),
+            message: m,
+        };
+        let cgroup = locate::find_cgroup(&self.cfg.pods_cgroup, &plan.uid)
+            .map_err(|e| perr(e.to_string()))?;
+        let pid = locate::first_pid(&cgroup).map_err(|e| perr(e.to_string()))?;
+        let ns = locate::open_netns(pid).map_err(|e| perr(e.to_string()))?;
+        let ns_for_worker = ns.try_clone()?;
+        let worker = NetnsWorker::spawn(ns_for_worker, &plan.name)
+            .map_err(|e: WorkerError| perr(e.to_string()))?;
+        let opened = worker
+            .run(|| -> std::io::Result<(std::net::TcpListener, Option<std::net::TcpListener>, std::net::TcpListener, u64)> {
+                let mark = |l: &std::net::TcpListener| -> std::io::Result<()> {
+                    l.set_nonblocking(true)?;
+                    netns::set_mark(l.as_raw_fd(), mesh_common::MESH_MARK)
+                };
+                let out4 = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, mesh_common::ports::OUTBOUND))?;
+                mark(&out4)?;
+                // IPv6 loopback may be absent in the pod: then connect6 redirects have no listener
+                // and fail closed, which is the right outcome.
+                let out6 = std::net::TcpListener::bind((std::net::Ipv6Addr::LOCALHOST, mesh_common::ports::OUTBOUND)).ok();
+                if let Some(l) = &out6 {
+                    mark(l)?;
+                }
+                let inb = std::net::TcpListener::bind((Ipv4Addr::UNSPECIFIED, mesh_common::ports::INBOUND))?;
+                mark(&inb)?;
+                let cookie = netns::netns_cookie(out4.as_raw_fd())?;
+                Ok((out4, out6, inb, cookie))
+            })
+            .await
+            .map_err(|e| perr(e.to_string()))?
+            .map_err(|e| perr(format!("opening the in-pod listeners: {e}")))?;
+        let (out4, out6, inb, cookie) = opened;
+        let index = self.next_index;
+        self.next_index += 1;
+        let enrolment = Enrolment {
+            uid: plan.uid.clone(),
+            netns_cookie: cookie,
+            ip: plan.ip,
+            pod_index: index,
+            fast_path: plan.fast_path,
+            exclude_outbound_ports: plan.exclude_outbound_ports.clone(),
+            exclude_inbound_ports: plan.exclude_inbound_ports.clone(),
+            exclude_outbound_cidrs: plan.exclude_outbound_cidrs.clone(),
+        };
+        let mut listeners = vec![
+            format!("127.0.0.1:{}", mesh_common::ports::OUTBOUND),
+            format!("0.0.0.0:{}", mesh_common::ports::INBOUND),
+        ];
+        if out6.is_some() {
+            listeners.insert(1, format!("[::1]:{}", mesh_common::ports::OUTBOUND));
+        }
+        let ctx = Arc::new(PodCtx {
+            uid: plan.uid.clone(),
+            name: plan.name.clone(),
+            namespace: plan.namespace.clone(),
+            ip: plan.ip,
+            netns_cookie: cookie,
+            worker,
+            metrics: self.metrics.clone(),
+            cancel: tokio_util::sync::CancellationToken::new(),
+        });
+        let mut tasks = vec![];
+        for l in std::iter::once(out4).chain(out6) {
+            let l = TcpListener::from_std(l)?;
+            tasks.push(tokio::spawn(outbound::serve(
+                l,
+                ctx.clone(),
+                self.orig.clone(),
+            )));
+        }
+        let inb_fd = inb.as_raw_fd();
+        let inb = TcpListener::from_std(inb)?;
+        // Maps last: only now may connects be redirected and inbound steered.
+        if let Err(e) = self.datapath.enroll(&enrolment, inb_fd, &ns) {
+            for t in &tasks {
+                t.abort();
+            }
+            let _ = self.datapath.unenroll(&enrolment);
+            return Err(e.into());
+        }
+        tasks.push(tokio::spawn(inbound::serve(inb, ctx.clone())));
+        let cgroup_id = locate::cgroup_id(&cgroup).unwrap_or(0);
+        info!(pod = %pod, uid = %plan.uid, ip = %plan.ip, netns_cookie = cookie, cgroup_id, fast_path = plan.fast_path, "enrolled");
+        self.enrolled.insert(
+            plan.uid.clone(),
+            Enrolled {
+                plan,
+                enrolment,
+                ctx,
+                accept_tasks: tasks,
+                cgroup,
+                cgroup_id,
+                listeners,
+            },
+        );
+        Ok(())
+    }
+
+    /// Un-enrols a pod. `hard` (the pod is gone): also closes its proxied connections, so nothing
+    /// keeps the dead netns alive. Otherwise established connections keep working.
+    fn unenroll(&mut self, uid: &str, hard: bool) {
+        let Some(e) = self.enrolled.remove(uid) else {
+            return;
+        };
+        if let Err(err) = self.datapath.unenroll(&e.enrolment) {
+            warn!(pod = %e.ctx.id(), "un-enrolling from the maps: {err}");
+        }
+        for t in &e.accept_tasks {
+            t.abort();
+        }
+        if hard {
+            e.ctx.cancel.cancel();
+        }
+        info!(pod = %e.ctx.id(), uid, hard, "un-enrolled");
+    }
+
+    /// After the first pass: drop map entries and links of pods an earlier agent enrolled that are
+    /// not enrolled now.
+    fn forget_stale(&mut self) {
+        let cookies = self
+            .enrolled
+            .values()
+            .map(|e| e.enrolment.netns_cookie)
+            .collect();
+        let ips = self.enrolled.values().map(|e| e.enrolment.ip).collect();
+        let uids = self.enrolled.keys().cloned().collect();
+        match self.datapath.forget_others(&cookies, &ips, &uids) {
+            Ok(d) if !d.is_empty() => {
+                info!(dropped = ?d, "forgot state of pods no longer enrolled")
+            }
+            Ok(_) => {}
+            Err(e) => warn!("cleaning stale entries: {e}"),
+        }
+    }
+
+    fn write_state(&self) {
+        let records: Vec<PodRecord> = self
+            .enrolled
+            .values()
+            .map(|e| PodRecord {
+                uid: e.plan.uid.clone(),
+                name: e.plan.name.clone(),
+                namespace: e.plan.namespace.clone(),
+                ip: e.plan.ip,
+                cgroup: e.cgroup.clone(),
+                cgroup_id: e.cgroup_id,
+                netns_cookie: e.enrolment.netns_cookie,
+                pod_index: e.enrolment.pod_index,
+                fast_path: e.plan.fast_path,
+                listeners: e.listeners.clone(),
+                exclude_outbound_ports: e.plan.exclude_outbound_ports.clone(),
+                exclude_inbound_ports: e.plan.exclude_inbound_ports.clone(),
+            })
+            .collect();
+        let path = self.cfg.state_dir.join("pods.json");
+        let tmp = path.with_extension("json.tmp");
+        let res = serde_json::to_vec_pretty(&records)
+            .map_err(std::io::Error::other)
+            .and_then(|b| std::fs::write(&tmp, b))
+            .and_then(|()| std::fs::rename(&tmp, &path));
+        if let Err(e) = res {
+            warn!("writing {}: {e}", path.display());
+        }
+    }
+}

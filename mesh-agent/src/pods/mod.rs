@@ -1,0 +1,3 @@
+//! Finding a pod's cgroup and network namespace, and doing socket work inside that namespace.
+pub mod locate;
+pub mod worker;

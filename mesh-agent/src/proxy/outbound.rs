@@ -1,0 +1,171 @@
+//! Outbound: app → `127.0.0.1:15001` (redirected by connect4) → original destination.
+use std::{
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    os::fd::AsRawFd,
+    sync::Arc,
+    time::Instant,
+};
+
+use mesh_common::{AF_INET, AF_INET6, MESH_MARK, OrigDst, SrcKey};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tracing::{debug, warn};
+
+use super::{PodCtx, relay};
+use crate::{
+    ebpf::{OrigDstTable, netns},
+    metrics::Direction,
+};
+
+pub async fn serve(listener: TcpListener, pod: Arc<PodCtx>, orig: Arc<OrigDstTable>) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, peer)) => {
+                let pod = pod.clone();
+                let orig = orig.clone();
+                tokio::spawn(async move { handle(stream, peer, pod, orig).await });
+            }
+            Err(e) => {
+                warn!(pod = %pod.id(), "outbound accept: {e}");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+pub fn src_key(netns_cookie: u64, peer: SocketAddr) -> SrcKey {
+    let mut key = SrcKey {
+        netns_cookie,
+        port: peer.port(),
+        ..SrcKey::default()
+    };
+    match peer.ip() {
+        IpAddr::V4(v4) => {
+            key.family = AF_INET;
+            key.addr[0] = u32::from(v4).to_be();
+        }
+        IpAddr::V6(v6) => {
+            key.family = AF_INET6;
+            let o = v6.octets();
+            for i in 0..4 {
+                key.addr[i] =
+                    u32::from_ne_bytes([o[4 * i], o[4 * i + 1], o[4 * i + 2], o[4 * i + 3]]);
+            }
+        }
+    }
+    key
+}
+
+pub fn orig_addr(o: &OrigDst) -> SocketAddr {
+    if o.family == AF_INET6 {
+        let mut b = [0u8; 16];
+        for i in 0..4 {
+            b[4 * i..4 * i + 4].copy_from_slice(&o.addr[i].to_ne_bytes());
+        }
+        SocketAddr::new(IpAddr::V6(Ipv6Addr::from(b)), o.port)
+    } else {
+        SocketAddr::new(IpAddr::V4(Ipv4Addr::from(u32::from_be(o.addr[0]))), o.port)
+    }
+}
+
+async fn handle(client: TcpStream, peer: SocketAddr, pod: Arc<PodCtx>, orig: Arc<OrigDstTable>) {
+    let start = Instant::now();
+    let m = &pod.metrics;
+    let dst = match orig.take(&src_key(pod.netns_cookie, peer)) {
+        Ok(Some(o)) => orig_addr(&o),
+        Ok(None) => {
+            warn!(pod = %pod.id(), %peer, "outbound connection without an original destination: reset");
+            m.connection(Direction::Outbound, "no_original_dst");
+            relay::reset(&client);
+            return;
+        }
+        Err(e) => {
+            warn!(pod = %pod.id(), %peer, "reading the original destination: {e}");
+            m.connection(Direction::Outbound, "error");
+            relay::reset(&client);
+            return;
+        }
+    };
+    let v4 = dst.is_ipv4();
+    let sock = pod
+        .worker
+        .run(move || -> std::io::Result<TcpSocket> {
+            let s = if v4 {
+                TcpSocket::new_v4()?
+            } else {
+                TcpSocket::new_v6()?
+            };
+            netns::set_mark(s.as_raw_fd(), MESH_MARK)?;
+            s.set_nodelay(true)?;
+            Ok(s)
+        })
+        .await;
+    let sock = match sock {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            warn!(pod = %pod.id(), %dst, "creating the upstream socket: {e}");
+            m.connection(Direction::Outbound, "error");
+            relay::reset(&client);
+            return;
+        }
+        Err(e) => {
+            warn!(pod = %pod.id(), %dst, "{e}");
+            m.connection(Direction::Outbound, "error");
+            relay::reset(&client);
+            return;
+        }
+    };
+    let upstream = match sock.connect(dst).await {
+        Ok(u) => u,
+        Err(e) => {
+            debug!(pod = %pod.id(), %dst, "upstream connect failed: {e}");
+            m.connection(Direction::Outbound, "connect_failed");
+            relay::reset(&client);
+            return;
+        }
+    };
+    let _ = client.set_nodelay(true);
+    m.connection(Direction::Outbound, "ok");
+    let r = tokio::select! {
+        r = relay::relay(client, upstream) => r,
+        _ = pod.cancel.cancelled() => relay::RelayResult { a_to_b: 0, b_to_a: 0, error: Some(std::io::Error::other("pod deleted")) },
+    };
+    m.bytes(Direction::Outbound, r.a_to_b, r.b_to_a);
+    debug!(
+        source = %pod.id(), original_dst = %dst, sent = r.a_to_b, received = r.b_to_a,
+        duration_ms = start.elapsed().as_millis() as u64, error = ?r.error.as_ref().map(|e| e.to_string()),
+        "outbound connection closed"
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_and_addresses_round_trip() {
+        let peer: SocketAddr = "127.0.0.1:40000".parse().unwrap();
+        let k = src_key(7, peer);
+        assert_eq!(k.netns_cookie, 7);
+        assert_eq!(k.port, 40000);
+        assert_eq!(k.addr[0], u32::from(Ipv4Addr::LOCALHOST).to_be());
+        let o = OrigDst {
+            addr: [u32::from(Ipv4Addr::new(10, 244, 1, 2)).to_be(), 0, 0, 0],
+            port: 8080,
+            family: AF_INET,
+            _pad: 0,
+        };
+        assert_eq!(
+            orig_addr(&o),
+            "10.244.1.2:8080".parse::<SocketAddr>().unwrap()
+        );
+        let v6: SocketAddr = "[::1]:1234".parse().unwrap();
+        let k6 = src_key(1, v6);
+        let o6 = OrigDst {
+            addr: k6.addr,
+            port: 1234,
+            family: AF_INET6,
+            _pad: 0,
+        };
+        assert_eq!(orig_addr(&o6), v6);
+    }
+}

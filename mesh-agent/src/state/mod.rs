@@ -1,0 +1,4 @@
+//! Pure state and decisions: the workloads this node runs and which of them to enrol. No I/O here;
+//! table tests cover the decisions.
+pub mod enrolment;
+pub mod workload;
