@@ -23,7 +23,7 @@ pub fn run() -> anyhow::Result<()> {
         lab::down(&lab)?;
     }
     println!("== starting the lab (2 nodes)");
-    lab::up(&lab, 2)?;
+    lab::up(&lab, 2, true)?;
     println!("== deploying examples/ (client, frontend, backend v1 ×2 + v2)");
     lab::apply(&lab, &[util::workspace_root().join("examples")])?;
 

@@ -51,7 +51,7 @@ pub fn run(args: TestArgs) -> anyhow::Result<()> {
     steps.push(("unit + privileged tests", vec!["test"], vec![]));
     // Lab end-to-end tests share one lab at a time: one test thread.
     steps.push((
-        "lab end-to-end tests",
+        "lab + capture e2e tests",
         vec![
             "test",
             "-p",
@@ -60,6 +60,8 @@ pub fn run(args: TestArgs) -> anyhow::Result<()> {
             "e2e",
             "--test",
             "lab_e2e",
+            "--test",
+            "capture_e2e",
             "--",
             "--test-threads=1",
         ],

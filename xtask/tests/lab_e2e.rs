@@ -3,132 +3,15 @@
 //! run with `--test-threads=1`. Each test starts from `lab down` and leaves nothing behind.
 #![allow(clippy::unwrap_used)] // test code: a panic is the failure report
 
+mod common;
+
 use std::{
     collections::{BTreeMap, BTreeSet},
-    path::{Path, PathBuf},
-    process::{Command, Output},
+    path::Path,
 };
 
+use common::*;
 use serde_json::Value;
-
-fn xtask(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_xtask"))
-        .args(args)
-        .current_dir(root())
-        .output()
-        .expect("running xtask")
-}
-
-fn ok(args: &[&str]) -> String {
-    let out = xtask(args);
-    assert!(
-        out.status.success(),
-        "xtask {args:?} failed: {}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("workspace root")
-        .to_path_buf()
-}
-
-/// A lab for one test; torn down (and checked clean) on drop.
-struct LabGuard;
-
-impl LabGuard {
-    fn up() -> LabGuard {
-        assert!(
-            nix::unistd::geteuid().is_root(),
-            "lab tests need root: run them through `cargo xtask test`"
-        );
-        ok(&["lab", "down"]);
-        ok(&["lab", "up"]);
-        LabGuard
-    }
-}
-
-impl Drop for LabGuard {
-    fn drop(&mut self) {
-        let out = xtask(&["lab", "down"]);
-        if !std::thread::panicking() {
-            assert!(
-                out.status.success(),
-                "lab down: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-    }
-}
-
-fn status() -> Value {
-    serde_json::from_str(&ok(&["lab", "status", "--json"])).expect("status JSON")
-}
-
-fn pods_with(app: &str) -> Vec<Value> {
-    status()["pods"]
-        .as_array()
-        .expect("pods")
-        .iter()
-        .filter(|p| p["labels"]["app"] == app)
-        .cloned()
-        .collect()
-}
-
-fn client_pod() -> String {
-    pods_with("client")[0]["name"]
-        .as_str()
-        .expect("client name")
-        .to_string()
-}
-
-fn exec(pod: &str, cmd: &[&str]) -> String {
-    let mut args = vec!["lab", "exec", pod, "-n", "demo", "--"];
-    args.extend_from_slice(cmd);
-    ok(&args)
-}
-
-/// mesh-client inside the client pod, retried (bounded) until every request got a 200.
-fn client_json(pod: &str, args: &[&str]) -> Value {
-    let ok_key = if args.contains(&"--tcp") { "ok" } else { "200" };
-    let mut last = Value::Null;
-    for _ in 0..50 {
-        let mut cmd = vec!["mesh-client"];
-        cmd.extend_from_slice(args);
-        cmd.push("--json");
-        let v: Value = serde_json::from_str(exec(pod, &cmd).trim()).expect("mesh-client JSON");
-        if v["status"][ok_key] == v["total"] {
-            return v;
-        }
-        last = v;
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
-    panic!("requests kept failing: {last}");
-}
-
-fn lab_netns() -> Vec<String> {
-    std::fs::read_dir("/run/netns")
-        .map(|d| {
-            d.flatten()
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .filter(|n| n.starts_with("wlab-"))
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-fn cgroup_root() -> PathBuf {
-    for p in ["/sys/fs/cgroup/unified", "/sys/fs/cgroup"] {
-        if Path::new(p).join("cgroup.procs").exists() {
-            return Path::new(p).join("weft-lab");
-        }
-    }
-    panic!("no cgroup v2 mount");
-}
 
 #[test]
 fn example_app_serves_across_nodes_and_spreads_over_backends() {
@@ -437,38 +320,4 @@ fn up_twice_is_refused_and_down_leaves_nothing() {
         );
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
-}
-
-fn tempdir() -> PathBuf {
-    let d = std::env::temp_dir().join(format!(
-        "weft-e2e-{}-{}",
-        std::process::id(),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos()
-    ));
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
-/// Live (non-zombie) processes whose cgroup is inside the lab's.
-fn lab_processes() -> Vec<String> {
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .flatten()
-        .filter(|e| {
-            std::fs::read_to_string(e.path().join("cgroup")).is_ok_and(|c| c.contains("/weft-lab/"))
-        })
-        .filter(|e| {
-            std::fs::read_to_string(e.path().join("stat")).is_ok_and(|s| {
-                !s.rsplit(')')
-                    .next()
-                    .unwrap_or("")
-                    .trim_start()
-                    .starts_with('Z')
-            })
-        })
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .collect()
 }

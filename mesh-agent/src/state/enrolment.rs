@@ -126,7 +126,9 @@ mod tests {
     fn desired_table() {
         let mut bad = w("bad", "node-a", true);
         bad.exclude_outbound_cidrs = vec!["nope".into()];
-        let cases: Vec<(&str, Vec<Workload>, bool, Vec<&str>, usize)> = vec![
+        // (name, workloads, node fast path, expected UIDs, expected errors)
+        type Case = (&'static str, Vec<Workload>, bool, Vec<&'static str>, usize);
+        let cases: Vec<Case> = vec![
             (
                 "only this node's meshed pods",
                 vec![

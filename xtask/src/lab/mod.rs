@@ -4,6 +4,7 @@
 //! directories (kubelet layout, `weft-lab/<node>/kubepods/pod<UID>`) + processes; Services get
 //! ClusterIPs that nftables DNAT in every node (kube-proxy's job); names resolve through per-pod
 //! `/etc/hosts`. State lives in one directory (`$WEFT_LAB_DIR`, default `/run/weft-lab`).
+mod agents;
 mod cluster;
 pub mod manifest;
 mod net;
@@ -32,10 +33,20 @@ use crate::{setup, util};
 
 #[derive(Subcommand)]
 pub enum LabCommand {
-    /// Create the lab: N nodes (node-a, node-b, …) joined by an underlay network.
+    /// Create the lab: N nodes (node-a, node-b, …) joined by an underlay network, each running a
+    /// mesh-agent (like the DaemonSet).
     Up {
         #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u8).range(1..=26))]
         nodes: u8,
+        /// Do not start the node agents (a plain cluster without the mesh).
+        #[arg(long)]
+        no_agents: bool,
+    },
+    /// Start, stop (SIGTERM), kill (SIGKILL, like a crash) or restart a node's mesh-agent.
+    Agent {
+        #[arg(value_parser = ["start", "stop", "kill", "restart"])]
+        action: String,
+        node: String,
     },
     /// Remove everything the lab created (namespaces, veths, cgroups, processes, pins, files).
     /// Safe to run twice and after a crash.
@@ -111,6 +122,12 @@ impl Lab {
             .join("logs")
             .join(format!("{ns}_{pod}_{container}.log"))
     }
+    pub fn agent_state_dir(&self, node: &str) -> PathBuf {
+        self.dir.join("agents").join(node)
+    }
+    pub fn agent_log(&self, node: &str) -> PathBuf {
+        self.dir.join("logs").join(format!("agent-{node}.log"))
+    }
     pub fn pod_path(&self, st: &LabState) -> String {
         format!(
             "{}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
@@ -135,7 +152,8 @@ pub fn run(cmd: LabCommand) -> anyhow::Result<()> {
     util::require_root("the lab")?;
     let lab = Lab::new()?;
     match cmd {
-        LabCommand::Up { nodes } => up(&lab, nodes),
+        LabCommand::Up { nodes, no_agents } => up(&lab, nodes, !no_agents),
+        LabCommand::Agent { action, node } => agent(&lab, &action, &node),
         LabCommand::Down => down(&lab),
         LabCommand::Apply { files } => apply(&lab, &files),
         LabCommand::Delete { files } => delete(&lab, &files),
@@ -216,7 +234,7 @@ fn build_binaries() -> anyhow::Result<PathBuf> {
     Ok(bin_dir)
 }
 
-pub fn up(lab: &Lab, nodes: u8) -> anyhow::Result<()> {
+pub fn up(lab: &Lab, nodes: u8, with_agents: bool) -> anyhow::Result<()> {
     let _lock = lab.lock()?;
     if let Some(st) = LabState::load(&lab.state_path())? {
         bail!(
@@ -266,7 +284,18 @@ pub fn up(lab: &Lab, nodes: u8) -> anyhow::Result<()> {
             net::node_routes(n, &st.nodes)?;
         }
         reconcile::reconcile(lab, &mut st)?;
-        st.save(&lab.state_path())
+        st.save(&lab.state_path())?;
+        if with_agents {
+            for n in &st.nodes {
+                let pid = agents::start(lab, &st, n)?;
+                println!(
+                    "mesh-agent on {} running (pid {pid}, log {})",
+                    n.name,
+                    lab.agent_log(&n.name).display()
+                );
+            }
+        }
+        Ok(())
     })();
     if let Err(e) = result {
         eprintln!("lab up failed, cleaning up: {e:#}");
@@ -286,6 +315,40 @@ pub fn up(lab: &Lab, nodes: u8) -> anyhow::Result<()> {
         "lab ready in {}: `cargo xtask lab apply -f examples/`",
         lab.dir.display()
     );
+    Ok(())
+}
+
+fn agent(lab: &Lab, action: &str, node: &str) -> anyhow::Result<()> {
+    let _lock = lab.lock()?;
+    let st = lab.load()?;
+    let n = st
+        .node(node)
+        .with_context(|| format!("no node {node:?} in the lab"))?
+        .clone();
+    use nix::sys::signal::Signal;
+    match action {
+        "stop" | "kill" => {
+            let sig = if action == "kill" {
+                Signal::SIGKILL
+            } else {
+                Signal::SIGTERM
+            };
+            if !agents::stop(lab, &n, sig)? {
+                println!("the agent of {node} was not running");
+            } else {
+                println!("agent of {node} stopped ({sig})");
+            }
+        }
+        "start" => {
+            let pid = agents::start(lab, &st, &n)?;
+            println!("agent of {node} started (pid {pid})");
+        }
+        _ => {
+            agents::stop(lab, &n, Signal::SIGTERM)?;
+            let pid = agents::start(lab, &st, &n)?;
+            println!("agent of {node} restarted (pid {pid})");
+        }
+    }
     Ok(())
 }
 

@@ -1,0 +1,96 @@
+//! One `mesh-agent` per lab node, as the DaemonSet would run it: in the node's network namespace
+//! (hostNetwork), in its own cgroup `weft-lab/<node>/agent` (outside `kubepods`), pinning under
+//! `/sys/fs/bpf/weft/<node>/`, reading the lab's cluster view.
+use std::{
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail};
+
+use super::{
+    Lab,
+    pod::{self, PodContext},
+    state::{LabState, NodeState, node_pod_gateway},
+};
+
+pub fn agent_cgroup(node: &NodeState) -> std::path::PathBuf {
+    node.cgroup.join("agent")
+}
+
+/// Pids in the node's agent cgroup.
+pub fn agent_pids(node: &NodeState) -> Vec<i32> {
+    std::fs::read_to_string(agent_cgroup(node).join("cgroup.procs"))
+        .map(|s| s.lines().filter_map(|l| l.trim().parse().ok()).collect())
+        .unwrap_or_default()
+}
+
+pub fn start(lab: &Lab, st: &LabState, node: &NodeState) -> anyhow::Result<i32> {
+    if !agent_pids(node).is_empty() {
+        bail!("the agent of {} is already running", node.name);
+    }
+    let cg = agent_cgroup(node);
+    std::fs::create_dir_all(&cg).with_context(|| format!("creating {}", cg.display()))?;
+    let mut cmd = Command::new(st.bin_dir.join("mesh-agent"));
+    cmd.args(["run", "--node", &node.name])
+        .arg("--pods-cgroup")
+        .arg(node.cgroup.join("kubepods"))
+        .arg("--lab-cluster-dir")
+        .arg(lab.cluster_dir())
+        .arg("--state-dir")
+        .arg(lab.agent_state_dir(&node.name))
+        .args(["--probe-source", &node_pod_gateway(node.index).to_string()])
+        .args(["--probe-source", &node.underlay_ip.to_string()])
+        .env(
+            "RUST_LOG",
+            std::env::var("WEFT_AGENT_LOG").unwrap_or_else(|_| "info".into()),
+        );
+    if std::env::var("WEFT_LAB_FAST_PATH").as_deref() == Ok("1") {
+        cmd.arg("--fast-path");
+    }
+    let ctx = PodContext {
+        cgroup: cg,
+        netns: node.netns.clone(),
+        etc: None,
+        hostname: None,
+    };
+    let pid = pod::spawn(cmd, &ctx, &lab.agent_log(&node.name))?;
+    // Ready when its pods.json appears (first reconcile done), bounded.
+    let ready = lab.agent_state_dir(&node.name).join("pods.json");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !ready.exists() {
+        if agent_pids(node).is_empty() {
+            let log = std::fs::read_to_string(lab.agent_log(&node.name)).unwrap_or_default();
+            bail!("the agent of {} exited at start:\n{log}", node.name);
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "the agent of {} did not become ready within 10 s (see {})",
+                node.name,
+                lab.agent_log(&node.name).display()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(pid)
+}
+
+/// Stops the node's agent with `signal` (SIGTERM: graceful; SIGKILL: a crash), waiting for it.
+pub fn stop(lab: &Lab, node: &NodeState, signal: nix::sys::signal::Signal) -> anyhow::Result<bool> {
+    let pids = agent_pids(node);
+    if pids.is_empty() {
+        return Ok(false);
+    }
+    for p in &pids {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(*p), signal);
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !agent_pids(node).is_empty() {
+        if Instant::now() > deadline {
+            bail!("the agent of {} did not stop", node.name);
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let _ = std::fs::remove_file(lab.agent_state_dir(&node.name).join("pods.json"));
+    Ok(true)
+}
