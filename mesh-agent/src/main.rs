@@ -88,6 +88,13 @@ enum Command {
     /// Inspect (or switch) this node's eBPF data path, from its pins.
     #[command(subcommand)]
     Bpf(BpfCommand),
+    /// Benchmark baseline only: the same relay behind iptables REDIRECT + SO_ORIGINAL_DST (run it
+    /// inside a pod netns next to a REDIRECT rule). Not part of the mesh.
+    #[command(hide = true)]
+    RedirectProxy {
+        #[arg(long, default_value = "127.0.0.1:15001")]
+        listen: SocketAddr,
+    },
     /// Remove every pin of the node (detaching all programs) and the agent's state. Stop the agent first.
     Uninstall {
         #[command(flatten)]
@@ -203,6 +210,16 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Bpf(cmd) => bpf(cmd),
+        Command::RedirectProxy { listen } => {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
+            rt.block_on(async move {
+                let l = tokio::net::TcpListener::bind(listen).await?;
+                mesh_agent::proxy::baseline::serve(l).await
+            })?;
+            Ok(())
+        }
     }
 }
 

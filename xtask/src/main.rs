@@ -1,4 +1,5 @@
 //! `cargo xtask …`: what cargo cannot do — toolchain setup, the local lab, the demo and the test run.
+mod bench;
 mod demo;
 mod lab;
 mod setup;
@@ -27,6 +28,9 @@ enum Command {
     Demo,
     /// Run every check: fmt, clippy, unit, privileged (netns/eBPF) and lab end-to-end tests.
     Test(test::TestArgs),
+    /// Benchmarks (root; print a table with ratios against a baseline run in the same invocation).
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -36,5 +40,6 @@ fn main() -> anyhow::Result<()> {
         Command::Lab(cmd) => lab::run(cmd),
         Command::Demo => demo::run(),
         Command::Test(args) => test::run(args),
+        Command::Bench(cmd) => bench::run(cmd),
     }
 }

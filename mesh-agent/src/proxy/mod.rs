@@ -8,6 +8,7 @@
 //!
 //! Half-close is propagated (a FIN on one side shuts down writing on the other); a reset on either
 //! side resets the other (SO_LINGER 0).
+pub mod baseline;
 pub mod inbound;
 pub mod outbound;
 pub mod relay;

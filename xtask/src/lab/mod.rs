@@ -206,24 +206,39 @@ pub fn run(cmd: LabCommand) -> anyhow::Result<()> {
     }
 }
 
+/// Which build of the workspace binaries the lab runs.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Profile {
+    Debug,
+    Release,
+}
+
 /// Builds the binaries pods run (unless `WEFT_LAB_NO_BUILD=1`, used by tests that built them).
-fn build_binaries() -> anyhow::Result<PathBuf> {
-    let bin_dir = util::target_dir().join("debug");
+fn build_binaries(profile: Profile) -> anyhow::Result<PathBuf> {
+    let (dir, flag) = match profile {
+        Profile::Debug => ("debug", None),
+        Profile::Release => ("release", Some("--release")),
+    };
+    let bin_dir = util::target_dir().join(dir);
     if std::env::var("WEFT_LAB_NO_BUILD").as_deref() != Ok("1") {
-        println!("building workspace binaries for the lab …");
-        util::run(util::cargo().args([
-            "build",
-            "--quiet",
-            "--bins",
-            "-p",
-            "mesh-tests",
-            "-p",
-            "mesh-agent",
-            "-p",
-            "mesh-controller",
-        ]))?;
+        println!("building workspace binaries for the lab ({dir}) …");
+        util::run(
+            util::cargo()
+                .args([
+                    "build",
+                    "--quiet",
+                    "--bins",
+                    "-p",
+                    "mesh-tests",
+                    "-p",
+                    "mesh-agent",
+                    "-p",
+                    "mesh-controller",
+                ])
+                .args(flag),
+        )?;
     }
-    for b in ["mesh-echo", "mesh-client"] {
+    for b in ["mesh-echo", "mesh-client", "mesh-agent"] {
         if !bin_dir.join(b).exists() {
             bail!(
                 "{} missing: build the workspace first",
@@ -235,6 +250,10 @@ fn build_binaries() -> anyhow::Result<PathBuf> {
 }
 
 pub fn up(lab: &Lab, nodes: u8, with_agents: bool) -> anyhow::Result<()> {
+    up_with(lab, nodes, with_agents, Profile::Debug)
+}
+
+pub fn up_with(lab: &Lab, nodes: u8, with_agents: bool, profile: Profile) -> anyhow::Result<()> {
     let _lock = lab.lock()?;
     if let Some(st) = LabState::load(&lab.state_path())? {
         bail!(
@@ -256,7 +275,7 @@ pub fn up(lab: &Lab, nodes: u8, with_agents: bool) -> anyhow::Result<()> {
             }
         );
     }
-    let bin_dir = build_binaries()?;
+    let bin_dir = build_binaries(profile)?;
     std::fs::create_dir_all(lab.dir.join("logs"))?;
     std::fs::create_dir_all(lab.dir.join("pods"))?;
     let mut st = LabState {
