@@ -93,6 +93,10 @@ pub struct Agent {
     enrolled: BTreeMap<String, Enrolled>,
     next_index: u32,
     last_good: Option<Snapshot>,
+    /// Some desired pod could not be enrolled yet (retried every pass).
+    pending: bool,
+    /// What `pods.json` was last written for.
+    written: String,
 }
 
 impl Agent {
@@ -124,6 +128,8 @@ impl Agent {
             enrolled: BTreeMap::new(),
             next_index: 1,
             last_good: None,
+            pending: false,
+            written: String::new(),
         })
     }
 
@@ -143,11 +149,29 @@ impl Agent {
         }
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         let mut first = true;
+        let mut last_stamp = None;
+        let mut last_full = std::time::Instant::now();
+        let mut last_stats = std::time::Instant::now() - Duration::from_secs(60);
         loop {
-            self.reconcile_once().await;
+            // Re-read the source only when it changed, some pod is still waiting to be enrolled, or
+            // every 10 s; the proxy shares the CPU with this loop.
+            let stamp = self.source_stamp();
+            if first
+                || stamp != last_stamp
+                || self.pending
+                || last_full.elapsed() > Duration::from_secs(10)
+            {
+                last_stamp = stamp;
+                last_full = std::time::Instant::now();
+                self.reconcile_once().await;
+            }
             if first {
                 self.forget_stale();
                 first = false;
+            }
+            if last_stats.elapsed() > Duration::from_secs(5) {
+                last_stats = std::time::Instant::now();
+                self.refresh_stats();
             }
             tokio::select! {
                 _ = tokio::time::sleep(self.cfg.resync) => {}
@@ -159,6 +183,28 @@ impl Agent {
             "shutting down: pins stay, so the data path keeps failing closed until an agent returns"
         );
         Ok(())
+    }
+
+    /// Modification time of the source (the file, or the directory whose entries are replaced by
+    /// rename on every change).
+    fn source_stamp(&self) -> Option<std::time::SystemTime> {
+        let p = match &self.cfg.source {
+            Source::Local(p) | Source::Lab(p) => p,
+        };
+        std::fs::metadata(p).and_then(|m| m.modified()).ok()
+    }
+
+    fn refresh_stats(&self) {
+        if let Ok(stats) = self.datapath.stats() {
+            for (name, v) in stats {
+                self.metrics
+                    .bpf
+                    .get_or_create(&BpfLabels {
+                        decision: name.into(),
+                    })
+                    .set(v as i64);
+            }
+        }
     }
 
     fn read_source(&self) -> Result<Snapshot, sources::SourceError> {
@@ -211,18 +257,19 @@ impl Agent {
                 debug!(pod = %format!("{}/{}", plan.namespace, plan.name), "enrolment deferred: {e}");
             }
         }
+        self.pending = desired.keys().any(|uid| !self.enrolled.contains_key(uid));
         self.metrics.enrolled_pods.set(self.enrolled.len() as i64);
-        if let Ok(stats) = self.datapath.stats() {
-            for (name, v) in stats {
-                self.metrics
-                    .bpf
-                    .get_or_create(&BpfLabels {
-                        decision: name.into(),
-                    })
-                    .set(v as i64);
-            }
+        let fingerprint = format!(
+            "{:?}",
+            self.enrolled
+                .values()
+                .map(|e| (&e.plan, e.enrolment.netns_cookie))
+                .collect::<Vec<_>>()
+        );
+        if fingerprint != self.written || !self.cfg.state_dir.join("pods.json").exists() {
+            self.write_state();
+            self.written = fingerprint;
         }
-        self.write_state();
     }
 
     async fn enroll(&mut self, plan: PodPlan) -> Result<(), AgentError> {
@@ -289,7 +336,10 @@ impl Agent {
             worker,
             metrics: self.metrics.clone(),
             cancel: tokio_util::sync::CancellationToken::new(),
+            pool: std::sync::Mutex::new(Vec::new()),
+            refilling: std::sync::atomic::AtomicBool::new(false),
         });
+        ctx.refill();
         let mut tasks = vec![];
         for l in std::iter::once(out4).chain(out6) {
             let l = TcpListener::from_std(l)?;

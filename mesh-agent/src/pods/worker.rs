@@ -80,6 +80,11 @@ impl NetnsWorker {
         rx.recv().map_err(|_| WorkerError::Gone)
     }
 
+    /// Queues `f` on the worker without waiting for it.
+    pub fn spawn_job(&self, f: impl FnOnce() + Send + 'static) -> Result<(), WorkerError> {
+        self.submit(Box::new(f))
+    }
+
     fn submit(&self, job: Job) -> Result<(), WorkerError> {
         self.tx
             .as_ref()

@@ -3,17 +3,15 @@
 //! inside the pod netns.
 use std::{
     net::{Ipv4Addr, SocketAddr},
-    os::fd::AsRawFd,
     sync::Arc,
     time::Instant,
 };
 
-use mesh_common::MESH_MARK;
-use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::net::{TcpListener, TcpStream};
 use tracing::{debug, warn};
 
 use super::{PodCtx, relay};
-use crate::{ebpf::netns, metrics::Direction};
+use crate::metrics::Direction;
 
 pub async fn serve(listener: TcpListener, pod: Arc<PodCtx>) {
     loop {
@@ -42,25 +40,10 @@ async fn handle(client: TcpStream, peer: SocketAddr, pod: Arc<PodCtx>) {
         }
     };
     let app = SocketAddr::new(Ipv4Addr::LOCALHOST.into(), dst.port());
-    let sock = pod
-        .worker
-        .run(move || -> std::io::Result<TcpSocket> {
-            let s = TcpSocket::new_v4()?;
-            netns::set_mark(s.as_raw_fd(), MESH_MARK)?;
-            s.set_nodelay(true)?;
-            Ok(s)
-        })
-        .await;
-    let sock = match sock {
-        Ok(Ok(s)) => s,
-        Ok(Err(e)) => {
-            warn!(pod = %pod.id(), "creating the app socket: {e}");
-            m.connection(Direction::Inbound, "error");
-            relay::reset(&client);
-            return;
-        }
+    let sock = match pod.socket(true).await {
+        Ok(s) => s,
         Err(e) => {
-            warn!(pod = %pod.id(), "{e}");
+            warn!(pod = %pod.id(), "creating the app socket: {e}");
             m.connection(Direction::Inbound, "error");
             relay::reset(&client);
             return;

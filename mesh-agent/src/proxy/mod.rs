@@ -13,9 +13,24 @@ pub mod inbound;
 pub mod outbound;
 pub mod relay;
 
-use std::{net::Ipv4Addr, sync::Arc};
+use std::{
+    net::Ipv4Addr,
+    os::fd::AsRawFd,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
+};
 
-use crate::{metrics::Metrics, pods::worker::NetnsWorker};
+use mesh_common::MESH_MARK;
+use tokio::net::TcpSocket;
+
+use crate::{ebpf::netns, metrics::Metrics, pods::worker::NetnsWorker};
+
+/// Upstream IPv4 sockets kept ready per pod, so a new connection does not wait for the netns
+/// worker (a thread hop, ~18 µs) to create one.
+const POOL_TARGET: usize = 16;
+const POOL_LOW: usize = 8;
 
 /// What the proxy knows about one enrolled pod.
 pub struct PodCtx {
@@ -28,9 +43,68 @@ pub struct PodCtx {
     pub metrics: Arc<Metrics>,
     /// Cancelled when the pod is deleted: its proxied connections close.
     pub cancel: tokio_util::sync::CancellationToken,
+    /// Pre-created upstream IPv4 sockets (created in the pod netns, marked, TCP_NODELAY).
+    pub pool: Mutex<Vec<TcpSocket>>,
+    pub refilling: AtomicBool,
+}
+
+/// A socket for the proxy's own connections: created in the current thread's netns, with the mesh
+/// mark (never captured) and TCP_NODELAY.
+pub fn new_socket(v4: bool) -> std::io::Result<TcpSocket> {
+    let s = if v4 {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    netns::set_mark(s.as_raw_fd(), MESH_MARK)?;
+    s.set_nodelay(true)?;
+    Ok(s)
 }
 
 impl PodCtx {
+    /// A socket in this pod's netns: from the pool for IPv4, else made by the worker.
+    pub async fn socket(self: &Arc<Self>, v4: bool) -> std::io::Result<TcpSocket> {
+        if v4 {
+            let pooled = self.pool.lock().unwrap_or_else(|p| p.into_inner()).pop();
+            if let Some(s) = pooled {
+                self.refill();
+                return Ok(s);
+            }
+            self.refill();
+        }
+        self.worker
+            .run(move || new_socket(v4))
+            .await
+            .map_err(std::io::Error::other)?
+    }
+
+    /// Tops the pool up on the worker when it runs low (at most one refill in flight).
+    pub fn refill(self: &Arc<Self>) {
+        let low = self.pool.lock().unwrap_or_else(|p| p.into_inner()).len() < POOL_LOW;
+        if !low || self.refilling.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let me = Arc::clone(self);
+        let queued = self.worker.spawn_job(move || {
+            let mut fresh = vec![];
+            let have = me.pool.lock().unwrap_or_else(|p| p.into_inner()).len();
+            for _ in have..POOL_TARGET {
+                match new_socket(true) {
+                    Ok(s) => fresh.push(s),
+                    Err(_) => break,
+                }
+            }
+            me.pool
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .extend(fresh);
+            me.refilling.store(false, Ordering::Release);
+        });
+        if queued.is_err() {
+            self.refilling.store(false, Ordering::Release);
+        }
+    }
+
     pub fn id(&self) -> String {
         format!("{}/{}", self.namespace, self.name)
     }

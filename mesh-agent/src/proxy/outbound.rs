@@ -1,20 +1,16 @@
 //! Outbound: app → `127.0.0.1:15001` (redirected by connect4) → original destination.
 use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
-    os::fd::AsRawFd,
     sync::Arc,
     time::Instant,
 };
 
-use mesh_common::{AF_INET, AF_INET6, MESH_MARK, OrigDst, SrcKey};
-use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use mesh_common::{AF_INET, AF_INET6, OrigDst, SrcKey};
+use tokio::net::{TcpListener, TcpStream};
 use tracing::{debug, warn};
 
 use super::{PodCtx, relay};
-use crate::{
-    ebpf::{OrigDstTable, netns},
-    metrics::Direction,
-};
+use crate::{ebpf::OrigDstTable, metrics::Direction};
 
 pub async fn serve(listener: TcpListener, pod: Arc<PodCtx>, orig: Arc<OrigDstTable>) {
     loop {
@@ -86,29 +82,10 @@ async fn handle(client: TcpStream, peer: SocketAddr, pod: Arc<PodCtx>, orig: Arc
         }
     };
     let v4 = dst.is_ipv4();
-    let sock = pod
-        .worker
-        .run(move || -> std::io::Result<TcpSocket> {
-            let s = if v4 {
-                TcpSocket::new_v4()?
-            } else {
-                TcpSocket::new_v6()?
-            };
-            netns::set_mark(s.as_raw_fd(), MESH_MARK)?;
-            s.set_nodelay(true)?;
-            Ok(s)
-        })
-        .await;
-    let sock = match sock {
-        Ok(Ok(s)) => s,
-        Ok(Err(e)) => {
-            warn!(pod = %pod.id(), %dst, "creating the upstream socket: {e}");
-            m.connection(Direction::Outbound, "error");
-            relay::reset(&client);
-            return;
-        }
+    let sock = match pod.socket(v4).await {
+        Ok(s) => s,
         Err(e) => {
-            warn!(pod = %pod.id(), %dst, "{e}");
+            warn!(pod = %pod.id(), "creating the upstream socket: {e}");
             m.connection(Direction::Outbound, "error");
             relay::reset(&client);
             return;
