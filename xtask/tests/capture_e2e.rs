@@ -493,3 +493,122 @@ fn bpf_subcommands_show_enrolled_pods_by_name() {
         assert!(names.contains(&p), "{p} in {progs}");
     }
 }
+
+/// Kills a child process on drop.
+struct Child(std::process::Child);
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn local_config_mode_enrolls_without_the_lab_source() {
+    // No lab agents: one agent started by hand with a --local-config file, as an operator
+    // debugging an agent without a controller would.
+    assert!(nix::unistd::geteuid().is_root(), "needs root");
+    ok(&["lab", "down"]);
+    ok(&["lab", "up", "--no-agents"]);
+    let _lab = LabGuardDown;
+    ok(&["lab", "apply", "-f", &fixture("capture.yaml")]);
+    let st = status();
+    let client = st["pods"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["namespace"] == "meshed" && p["name"] == "client")
+        .unwrap();
+    let dir = tempdir();
+    let cfg = dir.join("workloads.yaml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "workloads:\n- uid: {}\n  name: client\n  namespace: meshed\n  node: node-a\n  ip: {}\n  mesh: true\n",
+            client["uid"].as_str().unwrap(),
+            client["ip"].as_str().unwrap()
+        ),
+    )
+    .unwrap();
+    let state = dir.join("state");
+    let agent = Child(
+        std::process::Command::new("nsenter")
+            .arg("--net=/run/netns/wlab-node-a")
+            .arg(root().join("target/debug/mesh-agent"))
+            .args([
+                "run",
+                "--node",
+                "node-a",
+                "--metrics",
+                "127.0.0.1:15020",
+                "--local-config",
+            ])
+            .arg(&cfg)
+            .arg("--pods-cgroup")
+            .arg(cgroup_root().join("node-a/kubepods"))
+            .arg("--state-dir")
+            .arg(&state)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let pods: Value = std::fs::read(state.join("pods.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or(Value::Null);
+        if pods
+            .as_array()
+            .is_some_and(|a| a.iter().any(|p| p["name"] == "client"))
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "client not enrolled from --local-config"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let stats = |c: &str| -> u64 {
+        let out = std::process::Command::new(root().join("target/debug/mesh-agent"))
+            .args(["bpf", "stats", "--json", "--node", "node-a"])
+            .output()
+            .unwrap();
+        serde_json::from_slice::<Value>(&out.stdout).unwrap()[c]
+            .as_u64()
+            .unwrap()
+    };
+    let before = stats("connect_redirected");
+    curl(
+        "meshed",
+        "client",
+        &format!("http://{}:8080/", pod_ip("plain", "server-b")),
+    );
+    assert!(stats("connect_redirected") > before);
+    // The excl pod is not in the local config: not captured.
+    let before = stats("connect_redirected");
+    curl(
+        "meshed",
+        "excl",
+        &format!("http://{}:8080/", pod_ip("plain", "server-b")),
+    );
+    assert_eq!(stats("connect_redirected"), before);
+    drop(agent);
+    let out = std::process::Command::new(root().join("target/debug/mesh-agent"))
+        .args(["uninstall", "--node", "node-a", "--state-dir"])
+        .arg(&state)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert!(!std::path::Path::new("/sys/fs/bpf/weft/node-a").exists());
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+struct LabGuardDown;
+impl Drop for LabGuardDown {
+    fn drop(&mut self) {
+        let _ = xtask(&["lab", "down"]);
+    }
+}
