@@ -96,6 +96,43 @@ pub struct Enrolment {
 }
 
 impl Enrolment {
+    /// `EXCLUDED_PORTS` keys: outbound scoped by netns cookie, inbound by pod IP.
+    fn port_keys(&self) -> Vec<PortKey> {
+        let ip = u64::from(u32::from(self.ip).to_be());
+        let out = self
+            .exclude_outbound_ports
+            .iter()
+            .map(|p| (self.netns_cookie, *p, direction::OUTBOUND));
+        let inb = self
+            .exclude_inbound_ports
+            .iter()
+            .map(|p| (ip, *p, direction::INBOUND));
+        out.chain(inb)
+            .map(|(scope, port, direction)| PortKey {
+                scope,
+                port,
+                direction,
+                _pad: 0,
+            })
+            .collect()
+    }
+
+    /// `EXCLUDED_CIDRS` keys: 64 cookie bits + the prefix.
+    fn cidr_keys(&self) -> Vec<Key<CidrKey>> {
+        self.exclude_outbound_cidrs
+            .iter()
+            .map(|(addr, len)| {
+                Key::new(
+                    64 + u32::from(*len),
+                    CidrKey {
+                        netns_cookie: self.netns_cookie,
+                        addr: u32::from(*addr).to_be(),
+                    },
+                )
+            })
+            .collect()
+    }
+
     fn entry(&self) -> PodEntry {
         PodEntry {
             pod_index: self.pod_index,
@@ -340,31 +377,8 @@ impl Datapath {
                 .ok_or(EbpfError::MissingMap(maps::EXCLUDED_PORTS))?;
             let mut m: HashMap<&mut MapData, PortKey, u32> =
                 HashMap::try_from(map).map_err(map_err(maps::EXCLUDED_PORTS))?;
-            for (scope, dir, ports) in [
-                (
-                    e.netns_cookie,
-                    direction::OUTBOUND,
-                    &e.exclude_outbound_ports,
-                ),
-                (
-                    u64::from(ip_be),
-                    direction::INBOUND,
-                    &e.exclude_inbound_ports,
-                ),
-            ] {
-                for port in ports {
-                    m.insert(
-                        PortKey {
-                            scope,
-                            port: *port,
-                            direction: dir,
-                            _pad: 0,
-                        },
-                        1,
-                        0,
-                    )
-                    .map_err(map_err(maps::EXCLUDED_PORTS))?;
-                }
+            for key in e.port_keys() {
+                m.insert(key, 1, 0).map_err(map_err(maps::EXCLUDED_PORTS))?;
             }
         }
         {
@@ -374,14 +388,7 @@ impl Datapath {
                 .ok_or(EbpfError::MissingMap(maps::EXCLUDED_CIDRS))?;
             let mut m: LpmTrie<&mut MapData, CidrKey, u32> =
                 LpmTrie::try_from(map).map_err(map_err(maps::EXCLUDED_CIDRS))?;
-            for (addr, len) in &e.exclude_outbound_cidrs {
-                let key = Key::new(
-                    64 + u32::from(*len),
-                    CidrKey {
-                        netns_cookie: e.netns_cookie,
-                        addr: u32::from(*addr).to_be(),
-                    },
-                );
+            for key in e.cidr_keys() {
                 m.insert(&key, 1, 0)
                     .map_err(map_err(maps::EXCLUDED_CIDRS))?;
             }
@@ -432,29 +439,8 @@ impl Datapath {
                 SockHash::try_from(map).map_err(map_err(maps::INBOUND))?;
             ignore_missing(m.remove(&ip_be)).map_err(map_err(maps::INBOUND))?;
         }
-        for (scope, dir, ports) in [
-            (
-                e.netns_cookie,
-                direction::OUTBOUND,
-                &e.exclude_outbound_ports,
-            ),
-            (
-                u64::from(ip_be),
-                direction::INBOUND,
-                &e.exclude_inbound_ports,
-            ),
-        ] {
-            for port in ports {
-                self.hash_remove::<PortKey, u32>(
-                    maps::EXCLUDED_PORTS,
-                    PortKey {
-                        scope,
-                        port: *port,
-                        direction: dir,
-                        _pad: 0,
-                    },
-                )?;
-            }
+        for key in e.port_keys() {
+            self.hash_remove::<PortKey, u32>(maps::EXCLUDED_PORTS, key)?;
         }
         {
             let map = self
@@ -463,14 +449,7 @@ impl Datapath {
                 .ok_or(EbpfError::MissingMap(maps::EXCLUDED_CIDRS))?;
             let mut m: LpmTrie<&mut MapData, CidrKey, u32> =
                 LpmTrie::try_from(map).map_err(map_err(maps::EXCLUDED_CIDRS))?;
-            for (addr, len) in &e.exclude_outbound_cidrs {
-                let key = Key::new(
-                    64 + u32::from(*len),
-                    CidrKey {
-                        netns_cookie: e.netns_cookie,
-                        addr: u32::from(*addr).to_be(),
-                    },
-                );
+            for key in e.cidr_keys() {
                 ignore_missing(m.remove(&key)).map_err(map_err(maps::EXCLUDED_CIDRS))?;
             }
         }

@@ -10,7 +10,7 @@ use std::{
 use tokio::net::{TcpListener, TcpStream};
 use tracing::{debug, warn};
 
-use super::{PodCtx, relay};
+use super::PodCtx;
 use crate::metrics::Direction;
 
 pub async fn serve(listener: TcpListener, pod: Arc<PodCtx>) {
@@ -40,31 +40,9 @@ async fn handle(client: TcpStream, peer: SocketAddr, pod: Arc<PodCtx>) {
         }
     };
     let app = SocketAddr::new(Ipv4Addr::LOCALHOST.into(), dst.port());
-    let sock = match pod.socket(true).await {
-        Ok(s) => s,
-        Err(e) => {
-            warn!(pod = %pod.id(), "creating the app socket: {e}");
-            m.connection(Direction::Inbound, "error");
-            relay::reset(&client);
-            return;
-        }
+    let Some(r) = super::forward(&pod, client, app, Direction::Inbound).await else {
+        return;
     };
-    let upstream = match sock.connect(app).await {
-        Ok(u) => u,
-        Err(e) => {
-            debug!(pod = %pod.id(), %app, "app connect failed: {e}");
-            m.connection(Direction::Inbound, "connect_failed");
-            relay::reset(&client);
-            return;
-        }
-    };
-    let _ = client.set_nodelay(true);
-    m.connection(Direction::Inbound, "ok");
-    let r = tokio::select! {
-        r = relay::relay(client, upstream) => r,
-        _ = pod.cancel.cancelled() => relay::RelayResult { a_to_b: 0, b_to_a: 0, error: Some(std::io::Error::other("pod deleted")) },
-    };
-    m.bytes(Direction::Inbound, r.a_to_b, r.b_to_a);
     debug!(
         source = %peer, destination_pod = %pod.id(), original_dst = %dst, received = r.a_to_b, sent = r.b_to_a,
         duration_ms = start.elapsed().as_millis() as u64, error = ?r.error.as_ref().map(|e| e.to_string()),

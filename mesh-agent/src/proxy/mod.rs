@@ -25,7 +25,11 @@ use std::{
 use mesh_common::MESH_MARK;
 use tokio::net::TcpSocket;
 
-use crate::{ebpf::netns, metrics::Metrics, pods::worker::NetnsWorker};
+use crate::{
+    ebpf::netns,
+    metrics::{Direction, Metrics},
+    pods::worker::NetnsWorker,
+};
 
 /// Upstream IPv4 sockets kept ready per pod, so a new connection does not wait for the netns
 /// worker (a thread hop, ~18 µs) to create one.
@@ -108,4 +112,42 @@ impl PodCtx {
     pub fn id(&self) -> String {
         format!("{}/{}", self.namespace, self.name)
     }
+}
+
+/// Connects to `target` from the pod's netns and relays `client` to it until both sides close (or
+/// the pod is deleted). Counts the connection and its bytes; returns what was relayed, or `None`
+/// when the connection could not be made (the client was reset).
+pub async fn forward(
+    pod: &Arc<PodCtx>,
+    client: tokio::net::TcpStream,
+    target: std::net::SocketAddr,
+    direction: Direction,
+) -> Option<relay::RelayResult> {
+    let m = &pod.metrics;
+    let sock = match pod.socket(target.is_ipv4()).await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(pod = %pod.id(), %target, "creating a socket in the pod netns: {e}");
+            m.connection(direction, "error");
+            relay::reset(&client);
+            return None;
+        }
+    };
+    let upstream = match sock.connect(target).await {
+        Ok(u) => u,
+        Err(e) => {
+            tracing::debug!(pod = %pod.id(), %target, "connect failed: {e}");
+            m.connection(direction, "connect_failed");
+            relay::reset(&client);
+            return None;
+        }
+    };
+    let _ = client.set_nodelay(true);
+    m.connection(direction, "ok");
+    let r = tokio::select! {
+        r = relay::relay(client, upstream) => r,
+        _ = pod.cancel.cancelled() => relay::RelayResult { a_to_b: 0, b_to_a: 0, error: Some(std::io::Error::other("pod deleted")) },
+    };
+    m.bytes(direction, r.a_to_b, r.b_to_a);
+    Some(r)
 }

@@ -81,32 +81,9 @@ async fn handle(client: TcpStream, peer: SocketAddr, pod: Arc<PodCtx>, orig: Arc
             return;
         }
     };
-    let v4 = dst.is_ipv4();
-    let sock = match pod.socket(v4).await {
-        Ok(s) => s,
-        Err(e) => {
-            warn!(pod = %pod.id(), "creating the upstream socket: {e}");
-            m.connection(Direction::Outbound, "error");
-            relay::reset(&client);
-            return;
-        }
+    let Some(r) = super::forward(&pod, client, dst, Direction::Outbound).await else {
+        return;
     };
-    let upstream = match sock.connect(dst).await {
-        Ok(u) => u,
-        Err(e) => {
-            debug!(pod = %pod.id(), %dst, "upstream connect failed: {e}");
-            m.connection(Direction::Outbound, "connect_failed");
-            relay::reset(&client);
-            return;
-        }
-    };
-    let _ = client.set_nodelay(true);
-    m.connection(Direction::Outbound, "ok");
-    let r = tokio::select! {
-        r = relay::relay(client, upstream) => r,
-        _ = pod.cancel.cancelled() => relay::RelayResult { a_to_b: 0, b_to_a: 0, error: Some(std::io::Error::other("pod deleted")) },
-    };
-    m.bytes(Direction::Outbound, r.a_to_b, r.b_to_a);
     debug!(
         source = %pod.id(), original_dst = %dst, sent = r.a_to_b, received = r.b_to_a,
         duration_ms = start.elapsed().as_millis() as u64, error = ?r.error.as_ref().map(|e| e.to_string()),
