@@ -32,6 +32,8 @@ pub enum Source {
     Local(PathBuf),
     /// `--lab-cluster-dir DIR`
     Lab(PathBuf),
+    /// `--controller URL` (with the node's bootstrap token)
+    Controller { url: String, token: String },
 }
 
 #[derive(Clone, Debug)]
@@ -93,6 +95,7 @@ pub struct Agent {
     enrolled: BTreeMap<String, Enrolled>,
     next_index: u32,
     last_good: Option<Snapshot>,
+    controller: Option<sources::controller::ControllerSource>,
     /// Some desired pod could not be enrolled yet (retried every pass).
     pending: bool,
     /// What `pods.json` was last written for.
@@ -128,6 +131,7 @@ impl Agent {
             enrolled: BTreeMap::new(),
             next_index: 1,
             last_good: None,
+            controller: None,
             pending: false,
             written: String::new(),
         })
@@ -139,6 +143,13 @@ impl Agent {
 
     /// Runs until SIGTERM/SIGINT.
     pub async fn run(mut self) -> Result<(), AgentError> {
+        if let Source::Controller { url, token } = &self.cfg.source {
+            self.controller = Some(sources::controller::ControllerSource::spawn(
+                url.clone(),
+                self.cfg.node.clone(),
+                token.clone(),
+            ));
+        }
         if let Some(addr) = self.cfg.metrics_addr {
             let m = self.metrics.clone();
             tokio::spawn(async move {
@@ -187,11 +198,17 @@ impl Agent {
 
     /// Modification time of the source (the file, or the directory whose entries are replaced by
     /// rename on every change).
-    fn source_stamp(&self) -> Option<std::time::SystemTime> {
+    fn source_stamp(&self) -> Option<u128> {
         let p = match &self.cfg.source {
             Source::Local(p) | Source::Lab(p) => p,
+            Source::Controller { .. } => {
+                return self.controller.as_ref().map(|c| u128::from(c.generation()));
+            }
         };
-        std::fs::metadata(p).and_then(|m| m.modified()).ok()
+        let t = std::fs::metadata(p).and_then(|m| m.modified()).ok()?;
+        t.duration_since(std::time::UNIX_EPOCH)
+            .ok()
+            .map(|d| d.as_nanos())
     }
 
     fn refresh_stats(&self) {
@@ -211,6 +228,13 @@ impl Agent {
         match &self.cfg.source {
             Source::Local(p) => sources::local::read(p),
             Source::Lab(d) => sources::lab::read(d),
+            Source::Controller { url, .. } => match &self.controller {
+                Some(c) => c.read(),
+                None => Err(sources::SourceError::Parse {
+                    path: url.clone(),
+                    message: "controller client not started".into(),
+                }),
+            },
         }
     }
 

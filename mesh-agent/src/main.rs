@@ -62,12 +62,14 @@ enum Command {
         /// The pods cgroup subtree the capture hooks attach to (kubelet's `kubepods`).
         #[arg(long)]
         pods_cgroup: PathBuf,
+        /// Workloads from mesh-controller's config stream (e.g. http://10.100.0.254:15010).
+        #[arg(long, conflicts_with_all = ["local_config", "lab_cluster_dir"], required_unless_present_any = ["local_config", "lab_cluster_dir"])]
+        controller: Option<String>,
+        /// File holding this node's bootstrap token for the controller.
+        #[arg(long, requires = "controller")]
+        token_file: Option<PathBuf>,
         /// Workloads from a local file (YAML/JSON `{workloads: [...]}`), the shape the controller streams.
-        #[arg(
-            long,
-            conflicts_with = "lab_cluster_dir",
-            required_unless_present = "lab_cluster_dir"
-        )]
+        #[arg(long, conflicts_with = "lab_cluster_dir")]
         local_config: Option<PathBuf>,
         /// Workloads from the lab's cluster view (Namespaces and Pods as YAML files).
         #[arg(long)]
@@ -160,6 +162,8 @@ fn main() -> anyhow::Result<()> {
         Command::Run {
             node,
             pods_cgroup,
+            controller,
+            token_file,
             local_config,
             lab_cluster_dir,
             metrics,
@@ -167,12 +171,22 @@ fn main() -> anyhow::Result<()> {
             fast_path,
             resync,
         } => {
-            let source = match (local_config, lab_cluster_dir) {
-                (Some(f), _) => Source::Local(f),
-                (None, Some(d)) => Source::Lab(d),
-                (None, None) => {
-                    anyhow::bail!("one of --local-config or --lab-cluster-dir is required")
+            let source = match (controller, local_config, lab_cluster_dir) {
+                (Some(url), _, _) => {
+                    let token = match token_file {
+                        Some(f) => std::fs::read_to_string(&f)
+                            .with_context(|| format!("reading {}", f.display()))?
+                            .trim()
+                            .to_string(),
+                        None => String::new(),
+                    };
+                    Source::Controller { url, token }
                 }
+                (None, Some(f), _) => Source::Local(f),
+                (None, None, Some(d)) => Source::Lab(d),
+                (None, None, None) => anyhow::bail!(
+                    "one of --controller, --local-config or --lab-cluster-dir is required"
+                ),
             };
             let cfg = AgentConfig {
                 pins: node.pins(),

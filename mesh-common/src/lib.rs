@@ -3,7 +3,17 @@
 //! Everything here is `#[repr(C)]` with explicit padding so both sides agree byte for byte; flags are
 //! `u32`, never `bool`. Layout is pinned by the size/offset tests at the bottom of this file. Nothing but
 //! ABI lives here.
-#![no_std]
+// no_std for the eBPF programs; the `proto` feature (userspace binaries only) needs std.
+#![cfg_attr(not(feature = "proto"), no_std)]
+
+/// The controller ↔ agent config stream types (`proto/weft/config/v1/config.proto`).
+#[cfg(feature = "proto")]
+pub mod proto {
+    #[allow(clippy::all, missing_docs)]
+    pub mod config {
+        tonic::include_proto!("weft.config.v1");
+    }
+}
 
 /// Well-known ports (DESIGN.md §5).
 pub mod ports {

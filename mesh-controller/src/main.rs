@@ -1,24 +1,158 @@
 //! `mesh-controller`: Weft's cluster controller.
-//!
-//! Config sources (Kubernetes / a directory of YAML), translation into per-node config, the config
-//! stream and the certificate authority arrive with the controller issue. Until then this binary
-//! only describes itself; it does not pretend to run.
-use clap::Parser;
+use std::{collections::BTreeMap, net::SocketAddr, path::PathBuf, time::{Duration, Instant, SystemTime, UNIX_EPOCH}};
 
-/// Weft's cluster controller: watches Kubernetes (or a directory of YAML) and the mesh policies,
-/// streams per-node config to the agents and signs workload certificates.
-///
-/// This build has no subcommands yet: the config sources, config stream (:15010) and certificate
-/// service (:15012) are not implemented in this release.
+use anyhow::{Context as _, bail};
+use clap::{Parser, Subcommand};
+use mesh_common::proto::config::config_service_server::ConfigServiceServer;
+use mesh_controller::{
+    admin,
+    server::{ConfigServer, Hub, NodeStatus},
+    sources::files::FilesSource,
+    translate,
+};
+use tracing::info;
+
+/// Weft's cluster controller: watches the cluster (today: a directory of Kubernetes YAML) and streams
+/// each node agent exactly the config its node needs.
 #[derive(Parser)]
-#[command(version, about, long_about)]
-struct Cli {}
+#[command(version, about, long_about = None)]
+struct Cli {
+    /// Log filter (tracing `EnvFilter` syntax), also read from RUST_LOG.
+    #[arg(long, env = "RUST_LOG", default_value = "info", global = true)]
+    log: String,
+    #[command(subcommand)]
+    command: Command,
+}
 
-fn main() {
-    let _cli = Cli::parse();
-    eprintln!(
-        "mesh-controller {}: nothing to run yet — the controller is not implemented in this release (see `--help`)",
-        env!("CARGO_PKG_VERSION")
-    );
-    std::process::exit(2);
+#[derive(Subcommand)]
+enum Command {
+    /// Run the controller in files mode: watch DIR, serve the config stream.
+    Run {
+        /// Directory of Kubernetes YAML (the lab's cluster view, or what you would `kubectl apply`).
+        #[arg(long)]
+        files: PathBuf,
+        /// Config stream (gRPC).
+        #[arg(long, default_value = "0.0.0.0:15010")]
+        listen: SocketAddr,
+        /// Admin HTTP endpoint (`/debug/proxy-status`).
+        #[arg(long, default_value = "127.0.0.1:15014")]
+        admin: SocketAddr,
+        /// YAML map node name → bootstrap token; agents must present their node's token.
+        #[arg(long, required_unless_present = "insecure_no_auth")]
+        node_tokens: Option<PathBuf>,
+        /// Accept agents without a token (local debugging only).
+        #[arg(long)]
+        insecure_no_auth: bool,
+        #[arg(long, default_value = "cluster.local")]
+        trust_domain: String,
+        /// Changes are coalesced for this long (capped at 10×) before being sent.
+        #[arg(long, default_value = "100ms", value_parser = humantime::parse_duration)]
+        debounce: Duration,
+    },
+    /// Per node: last config version sent, last acknowledged, NACK reason, age.
+    ProxyStatus {
+        /// The controller's admin endpoint.
+        #[arg(long, default_value = "127.0.0.1:15014")]
+        admin: SocketAddr,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_new(&cli.log).context("--log")?)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    match cli.command {
+        Command::Run { files, listen, admin, node_tokens, insecure_no_auth, trust_domain, debounce } => {
+            let tokens = match node_tokens {
+                Some(p) => Some(
+                    serde_yaml::from_str::<BTreeMap<String, String>>(&std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?)
+                        .with_context(|| format!("{}: expected a map node → token", p.display()))?,
+                ),
+                None if insecure_no_auth => None,
+                None => bail!("--node-tokens is required (or --insecure-no-auth)"),
+            };
+            info!(files = %files.display(), %listen, %admin, auth = tokens.is_some(), trust_domain, "mesh-controller {} starting (files mode)", env!("CARGO_PKG_VERSION"));
+            rt.block_on(run(files, listen, admin, tokens, trust_domain, debounce))
+        }
+        Command::ProxyStatus { admin, json } => rt.block_on(proxy_status(admin, json)),
+    }
+}
+
+async fn run(files: PathBuf, listen: SocketAddr, admin_addr: SocketAddr, tokens: Option<BTreeMap<String, String>>, td: String, debounce: Duration) -> anyhow::Result<()> {
+    let hub = Hub::new(tokens);
+    let mut src = FilesSource::new(files);
+    src.refresh().with_context(|| format!("reading {}", src.dir().display()))?;
+    hub.update(translate::all_nodes(&src.model(), &td));
+    let h = hub.clone();
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            match src.refresh() {
+                Ok(true) => {}
+                Ok(false) => continue,
+                Err(e) => {
+                    tracing::warn!("reading {}: {e}; keeping the last good config", src.dir().display());
+                    continue;
+                }
+            }
+            // Debounce: wait until the source is quiet for `debounce`, at most 10× that.
+            let start = Instant::now();
+            loop {
+                tokio::time::sleep(debounce).await;
+                if !src.refresh().unwrap_or(false) || start.elapsed() > debounce * 10 {
+                    break;
+                }
+            }
+            h.update(translate::all_nodes(&src.model(), &td));
+        }
+    });
+    let a = hub.clone();
+    tokio::spawn(async move {
+        if let Err(e) = admin::serve(admin_addr, a).await {
+            tracing::error!("admin endpoint {admin_addr}: {e}");
+        }
+    });
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tonic::transport::Server::builder()
+        .add_service(ConfigServiceServer::new(ConfigServer { hub }))
+        .serve_with_shutdown(listen, async move {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        })
+        .await
+        .with_context(|| format!("serving the config stream on {listen}"))
+}
+
+async fn proxy_status(admin: SocketAddr, json: bool) -> anyhow::Result<()> {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut s = tokio::net::TcpStream::connect(admin).await.with_context(|| format!("connecting to the controller admin endpoint {admin}"))?;
+    s.write_all(format!("GET /debug/proxy-status HTTP/1.1\r\nhost: {admin}\r\nconnection: close\r\n\r\n").as_bytes()).await?;
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).await?;
+    let body = buf.split_once("\r\n\r\n").map(|(_, b)| b).context("malformed admin response")?;
+    let status: BTreeMap<String, NodeStatus> = serde_json::from_str(body).context("admin response")?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&status)?);
+        return Ok(());
+    }
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
+    let age = |ms: u64| if ms == 0 { "-".to_string() } else { format!("{:.1}s", (now.saturating_sub(ms)) as f64 / 1000.0) };
+    println!("{:<10} {:<10} {:<22} {:>7} {:<22} {:>7} {:>5} NACK", "NODE", "CONNECTED", "SENT", "AGE", "ACKED", "AGE", "RES");
+    for (node, s) in &status {
+        let synced = if s.last_sent_version == s.last_acked_version { "" } else { " (not acked)" };
+        println!(
+            "{:<10} {:<10} {:<22} {:>7} {:<22} {:>7} {:>5} {}{}",
+            node, s.connected, s.last_sent_version, age(s.last_sent_unix_ms), s.last_acked_version, age(s.last_acked_unix_ms), s.resources,
+            s.last_nack.clone().unwrap_or_else(|| "-".into()), synced
+        );
+    }
+    Ok(())
 }

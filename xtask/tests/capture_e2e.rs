@@ -612,3 +612,58 @@ impl Drop for LabGuardDown {
         let _ = xtask(&["lab", "down"]);
     }
 }
+
+fn proxy_status() -> Value {
+    serde_json::from_str(&ok(&["lab", "proxy-status", "--json"])).unwrap()
+}
+
+#[test]
+fn agents_follow_the_controller_and_keep_their_config_while_it_is_down() {
+    let _lab = capture_lab();
+    // Every node is connected and has acknowledged what was sent.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let st = proxy_status();
+        let synced = ["node-a", "node-b"].iter().all(|n| {
+            st[n]["connected"] == true
+                && st[n]["last_sent_version"] == st[n]["last_acked_version"]
+                && st[n]["last_nack"].is_null()
+        });
+        if synced {
+            break;
+        }
+        assert!(Instant::now() < deadline, "nodes not in sync: {st}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Controller down: agents keep serving (static stability).
+    ok(&["lab", "controller", "kill"]);
+    std::thread::sleep(Duration::from_millis(500));
+    wait_enrolled("node-a", &["client", "excl"]);
+    let before = stat("node-a", "connect_redirected");
+    curl(
+        "meshed",
+        "client",
+        &format!("http://{}:8080/", pod_ip("plain", "server-b")),
+    );
+    assert!(
+        stat("node-a", "connect_redirected") > before,
+        "capture keeps working without the controller"
+    );
+    // A change made while it is down arrives once it is back.
+    let dir = tempdir();
+    let ns = dir.join("ns.yaml");
+    std::fs::write(&ns, "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: plain\n  annotations: {weft.dev/mesh: enabled}\n").unwrap();
+    ok(&["lab", "apply", "-f", ns.to_str().unwrap()]);
+    std::thread::sleep(Duration::from_millis(800));
+    assert!(
+        !bpf("pods", "node-a")
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["name"] == "outsider"),
+        "no controller, no change"
+    );
+    ok(&["lab", "controller", "start"]);
+    wait_enrolled("node-a", &["client", "excl", "outsider"]);
+    let _ = std::fs::remove_dir_all(dir);
+}

@@ -1,5 +1,6 @@
 //! Where the agent learns its node's workloads from: a local file (`--local-config`, the shape the
 //! controller will stream) or, in the lab, the lab's cluster view (`--lab-cluster-dir`).
+pub mod controller;
 pub mod lab;
 pub mod local;
 

@@ -42,6 +42,16 @@ pub enum LabCommand {
         #[arg(long)]
         no_agents: bool,
     },
+    /// Start, stop (SIGTERM), kill (SIGKILL) or restart the lab's mesh-controller.
+    Controller {
+        #[arg(value_parser = ["start", "stop", "kill", "restart"])]
+        action: String,
+    },
+    /// The controller's per-node config status (`mesh-controller proxy-status`).
+    ProxyStatus {
+        #[arg(long)]
+        json: bool,
+    },
     /// Start, stop (SIGTERM), kill (SIGKILL, like a crash) or restart a node's mesh-agent.
     Agent {
         #[arg(value_parser = ["start", "stop", "kill", "restart"])]
@@ -125,6 +135,15 @@ impl Lab {
     pub fn agent_state_dir(&self, node: &str) -> PathBuf {
         self.dir.join("agents").join(node)
     }
+    pub fn node_token_file(&self, node: &str) -> PathBuf {
+        self.dir.join("agents").join(format!("{node}.token"))
+    }
+    pub fn controller_tokens(&self) -> PathBuf {
+        self.dir.join("node-tokens.yaml")
+    }
+    pub fn controller_log(&self) -> PathBuf {
+        self.dir.join("logs").join("controller.log")
+    }
     pub fn agent_log(&self, node: &str) -> PathBuf {
         self.dir.join("logs").join(format!("agent-{node}.log"))
     }
@@ -154,6 +173,27 @@ pub fn run(cmd: LabCommand) -> anyhow::Result<()> {
     match cmd {
         LabCommand::Up { nodes, no_agents } => up(&lab, nodes, !no_agents),
         LabCommand::Agent { action, node } => agent(&lab, &action, &node),
+        LabCommand::Controller { action } => controller(&lab, &action),
+        LabCommand::ProxyStatus { json } => {
+            let st = lab.load()?;
+            let mut cmd = Command::new("nsenter");
+            cmd.arg(format!("--net=/run/netns/{}", net::UNDERLAY_NS))
+                .arg(st.bin_dir.join("mesh-controller"))
+                .args([
+                    "proxy-status",
+                    "--admin",
+                    &format!("{}:15014", agents::CONTROLLER_IP),
+                ]);
+            if json {
+                cmd.arg("--json");
+            }
+            let code = cmd
+                .status()
+                .context("running mesh-controller proxy-status")?
+                .code()
+                .unwrap_or(1);
+            std::process::exit(code)
+        }
         LabCommand::Down => down(&lab),
         LabCommand::Apply { files } => apply(&lab, &files),
         LabCommand::Delete { files } => delete(&lab, &files),
@@ -238,7 +278,7 @@ fn build_binaries(profile: Profile) -> anyhow::Result<PathBuf> {
                 .args(flag),
         )?;
     }
-    for b in ["mesh-echo", "mesh-client", "mesh-agent"] {
+    for b in ["mesh-echo", "mesh-client", "mesh-agent", "mesh-controller"] {
         if !bin_dir.join(b).exists() {
             bail!(
                 "{} missing: build the workspace first",
@@ -305,6 +345,13 @@ pub fn up_with(lab: &Lab, nodes: u8, with_agents: bool, profile: Profile) -> any
         reconcile::reconcile(lab, &mut st)?;
         st.save(&lab.state_path())?;
         if with_agents {
+            agents::write_tokens(lab, &st)?;
+            let pid = agents::start_controller(lab, &st)?;
+            println!(
+                "mesh-controller running (pid {pid}, {}:15010, log {})",
+                agents::CONTROLLER_IP,
+                lab.controller_log().display()
+            );
             for n in &st.nodes {
                 let pid = agents::start(lab, &st, n)?;
                 println!(
@@ -334,6 +381,42 @@ pub fn up_with(lab: &Lab, nodes: u8, with_agents: bool, profile: Profile) -> any
         "lab ready in {}: `cargo xtask lab apply -f examples/`",
         lab.dir.display()
     );
+    Ok(())
+}
+
+fn controller(lab: &Lab, action: &str) -> anyhow::Result<()> {
+    let _lock = lab.lock()?;
+    let st = lab.load()?;
+    use nix::sys::signal::Signal;
+    match action {
+        "stop" | "kill" => {
+            let sig = if action == "kill" {
+                Signal::SIGKILL
+            } else {
+                Signal::SIGTERM
+            };
+            let stopped = agents::stop_controller(lab, sig)?;
+            println!(
+                "controller {}",
+                if stopped {
+                    "stopped"
+                } else {
+                    "was not running"
+                }
+            );
+        }
+        "start" => println!(
+            "controller started (pid {})",
+            agents::start_controller(lab, &st)?
+        ),
+        _ => {
+            agents::stop_controller(lab, Signal::SIGTERM)?;
+            println!(
+                "controller restarted (pid {})",
+                agents::start_controller(lab, &st)?
+            );
+        }
+    }
     Ok(())
 }
 

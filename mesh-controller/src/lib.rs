@@ -1,0 +1,17 @@
+//! Weft's cluster controller.
+//!
+//! - [`sources`]: where Kubernetes objects come from (a watched directory of YAML; the Kubernetes
+//!   API source is the next step) → one [`model::Model`].
+//! - [`translate`]: pure translation of the model into each node's config (workloads with the mesh
+//!   decision made, services with endpoints), and per-node diffs.
+//! - [`server`]: the config stream (gRPC, snapshot + deltas, ACK/NACK) and per-node status.
+//! - [`admin`]: the HTTP admin endpoint behind `mesh-controller proxy-status`.
+//! - [`crd`]: the resources users apply (Istio, Gateway API) with CRD generation.
+//! - [`validate`]: semantic checks with Istio's wording (`mesh-controller analyze`).
+pub mod admin;
+pub mod crd;
+pub mod model;
+pub mod server;
+pub mod sources;
+pub mod translate;
+pub mod validate;

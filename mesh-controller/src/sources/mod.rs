@@ -1,0 +1,2 @@
+//! Config sources. Each produces a [`crate::model::Model`]; nothing downstream knows which one.
+pub mod files;
