@@ -13,6 +13,11 @@ pub mod proto {
     pub mod config {
         tonic::include_proto!("weft.config.v1");
     }
+    /// `istio.v1.auth.IstioCertificateService` (the CA, port 15012).
+    #[allow(clippy::all, missing_docs)]
+    pub mod ca {
+        tonic::include_proto!("istio.v1.auth");
+    }
 }
 
 /// Well-known ports (DESIGN.md §5).

@@ -5,10 +5,12 @@
 //! - [`translate`]: pure translation of the model into each node's config (workloads with the mesh
 //!   decision made, services with endpoints), and per-node diffs.
 //! - [`server`]: the config stream (gRPC, snapshot + deltas, ACK/NACK) and per-node status.
+//! - [`ca`]: the certificate authority (node-scoped signing of SPIFFE identities).
 //! - [`admin`]: the HTTP admin endpoint behind `mesh-controller proxy-status`.
 //! - [`crd`]: the resources users apply (Istio, Gateway API) with CRD generation.
 //! - [`validate`]: semantic checks with Istio's wording (`mesh-controller analyze`).
 pub mod admin;
+pub mod ca;
 pub mod crd;
 pub mod model;
 pub mod server;

@@ -45,6 +45,12 @@ enum Command {
         insecure_no_auth: bool,
         #[arg(long, default_value = "cluster.local")]
         trust_domain: String,
+        /// Certificate service (gRPC, IstioCertificateService shape).
+        #[arg(long, default_value = "0.0.0.0:15012")]
+        ca_listen: SocketAddr,
+        /// Directory with the CA root (`root-cert.pem`, `root-key.pem`); generated when absent.
+        #[arg(long, default_value = "/var/lib/weft/ca")]
+        ca_dir: PathBuf,
         /// Changes are coalesced for this long (capped at 10×) before being sent.
         #[arg(long, default_value = "100ms", value_parser = humantime::parse_duration)]
         debounce: Duration,
@@ -68,7 +74,7 @@ fn main() -> anyhow::Result<()> {
         .init();
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     match cli.command {
-        Command::Run { files, listen, admin, node_tokens, insecure_no_auth, trust_domain, debounce } => {
+        Command::Run { files, listen, admin, node_tokens, insecure_no_auth, trust_domain, ca_listen, ca_dir, debounce } => {
             let tokens = match node_tokens {
                 Some(p) => Some(
                     serde_yaml::from_str::<BTreeMap<String, String>>(&std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?)
@@ -78,17 +84,36 @@ fn main() -> anyhow::Result<()> {
                 None => bail!("--node-tokens is required (or --insecure-no-auth)"),
             };
             info!(files = %files.display(), %listen, %admin, auth = tokens.is_some(), trust_domain, "mesh-controller {} starting (files mode)", env!("CARGO_PKG_VERSION"));
-            rt.block_on(run(files, listen, admin, tokens, trust_domain, debounce))
+            let ca = mesh_controller::ca::Ca::load_or_generate(&ca_dir, &trust_domain).context("loading the CA")?;
+            rt.block_on(run(files, listen, admin, tokens, trust_domain, debounce, (ca_listen, ca)))
         }
         Command::ProxyStatus { admin, json } => rt.block_on(proxy_status(admin, json)),
     }
 }
 
-async fn run(files: PathBuf, listen: SocketAddr, admin_addr: SocketAddr, tokens: Option<BTreeMap<String, String>>, td: String, debounce: Duration) -> anyhow::Result<()> {
+async fn run(
+    files: PathBuf,
+    listen: SocketAddr,
+    admin_addr: SocketAddr,
+    tokens: Option<BTreeMap<String, String>>,
+    td: String,
+    debounce: Duration,
+    (ca_listen, ca): (SocketAddr, mesh_controller::ca::Ca),
+) -> anyhow::Result<()> {
+    // Without node tokens the CA cannot tell nodes apart: it then refuses every request.
+    let nodes_by_token = tokens.clone().unwrap_or_default().into_iter().map(|(n, t)| (t, n)).collect();
     let hub = Hub::new(tokens);
     let mut src = FilesSource::new(files);
     src.refresh().with_context(|| format!("reading {}", src.dir().display()))?;
+    let model = std::sync::Arc::new(std::sync::RwLock::new(src.model()));
     hub.update(translate::all_nodes(&src.model(), &td));
+    let ca_server = mesh_controller::ca::CaServer { ca: std::sync::Arc::new(ca), model: model.clone(), nodes_by_token };
+    tokio::spawn(async move {
+        let svc = mesh_common::proto::ca::istio_certificate_service_server::IstioCertificateServiceServer::new(ca_server);
+        if let Err(e) = tonic::transport::Server::builder().add_service(svc).serve(ca_listen).await {
+            tracing::error!("certificate service on {ca_listen}: {e}");
+        }
+    });
     let h = hub.clone();
     tokio::spawn(async move {
         loop {
@@ -109,7 +134,9 @@ async fn run(files: PathBuf, listen: SocketAddr, admin_addr: SocketAddr, tokens:
                     break;
                 }
             }
-            h.update(translate::all_nodes(&src.model(), &td));
+            let m = src.model();
+            h.update(translate::all_nodes(&m, &td));
+            *model.write().unwrap_or_else(|p| p.into_inner()) = m;
         }
     });
     let a = hub.clone();

@@ -159,6 +159,9 @@ pub fn start_controller(lab: &Lab, st: &LabState) -> anyhow::Result<i32> {
         ])
         .arg("--node-tokens")
         .arg(lab.controller_tokens())
+        .args(["--ca-listen", &format!("{CONTROLLER_IP}:15012")])
+        .arg("--ca-dir")
+        .arg(lab.dir.join("ca"))
         .env(
             "RUST_LOG",
             std::env::var("WEFT_CONTROLLER_LOG").unwrap_or_else(|_| "info".into()),
