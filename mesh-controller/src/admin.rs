@@ -17,13 +17,19 @@ pub async fn serve(addr: SocketAddr, hub: Arc<Hub>) -> std::io::Result<()> {
                 async move {
                     if req.uri().path() == "/debug/proxy-status" {
                         let body = serde_json::to_vec_pretty(&hub.status()).unwrap_or_default();
-                        Response::builder().header("content-type", "application/json").body(Full::new(Bytes::from(body)))
+                        Response::builder()
+                            .header("content-type", "application/json")
+                            .body(Full::new(Bytes::from(body)))
                     } else {
-                        Response::builder().status(404).body(Full::new(Bytes::from_static(b"not found\n")))
+                        Response::builder()
+                            .status(404)
+                            .body(Full::new(Bytes::from_static(b"not found\n")))
                     }
                 }
             });
-            let _ = hyper::server::conn::http1::Builder::new().serve_connection(hyper_util::rt::TokioIo::new(stream), svc).await;
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                .await;
         });
     }
 }

@@ -12,11 +12,12 @@ use std::{
 };
 
 use mesh_common::proto::ca::{
-    IstioCertificateRequest, IstioCertificateResponse, istio_certificate_service_server::IstioCertificateService,
+    IstioCertificateRequest, IstioCertificateResponse,
+    istio_certificate_service_server::IstioCertificateService,
 };
 use rcgen::{
-    BasicConstraints, CertificateParams, CertificateSigningRequestParams, DistinguishedName, DnType,
-    ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType,
+    BasicConstraints, CertificateParams, CertificateSigningRequestParams, DistinguishedName,
+    DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType,
 };
 use tonic::{Request, Response, Status};
 use tracing::{info, warn};
@@ -56,36 +57,58 @@ impl std::fmt::Display for SpiffeId {
 
 /// Parses `spiffe://<td>/ns/<ns>/sa/<sa>`, requiring the trust domain.
 pub fn parse_spiffe(uri: &str, trust_domain: &str) -> Result<SpiffeId, String> {
-    let rest = uri.strip_prefix("spiffe://").ok_or_else(|| format!("{uri:?} is not a spiffe:// URI"))?;
-    let (td, path) = rest.split_once('/').ok_or_else(|| format!("{uri:?} has no path"))?;
+    let rest = uri
+        .strip_prefix("spiffe://")
+        .ok_or_else(|| format!("{uri:?} is not a spiffe:// URI"))?;
+    let (td, path) = rest
+        .split_once('/')
+        .ok_or_else(|| format!("{uri:?} has no path"))?;
     if td != trust_domain {
-        return Err(format!("{uri:?}: trust domain {td:?} is not {trust_domain:?}"));
+        return Err(format!(
+            "{uri:?}: trust domain {td:?} is not {trust_domain:?}"
+        ));
     }
     match path.split('/').collect::<Vec<_>>().as_slice() {
-        ["ns", ns, "sa", sa] if !ns.is_empty() && !sa.is_empty() => Ok(SpiffeId { namespace: ns.to_string(), service_account: sa.to_string() }),
-        _ => Err(format!("{uri:?}: expected spiffe://{trust_domain}/ns/<namespace>/sa/<service account>")),
+        ["ns", ns, "sa", sa] if !ns.is_empty() && !sa.is_empty() => Ok(SpiffeId {
+            namespace: ns.to_string(),
+            service_account: sa.to_string(),
+        }),
+        _ => Err(format!(
+            "{uri:?}: expected spiffe://{trust_domain}/ns/<namespace>/sa/<service account>"
+        )),
     }
 }
 
 impl Ca {
     /// Loads the root from `dir`, generating it on first start.
     pub fn load_or_generate(dir: &Path, trust_domain: &str) -> Result<Self, CaError> {
-        let ferr = |m: String| CaError::Files { dir: dir.display().to_string(), message: m };
+        let ferr = |m: String| CaError::Files {
+            dir: dir.display().to_string(),
+            message: m,
+        };
         let (cert_path, key_path) = (dir.join("root-cert.pem"), dir.join("root-key.pem"));
         let (root_pem, key) = if cert_path.exists() && key_path.exists() {
             let cert = std::fs::read_to_string(&cert_path).map_err(|e| ferr(e.to_string()))?;
-            let key = KeyPair::from_pem(&std::fs::read_to_string(&key_path).map_err(|e| ferr(e.to_string()))?).map_err(|e| ferr(format!("root-key.pem: {e}")))?;
+            let key = KeyPair::from_pem(
+                &std::fs::read_to_string(&key_path).map_err(|e| ferr(e.to_string()))?,
+            )
+            .map_err(|e| ferr(format!("root-key.pem: {e}")))?;
             (cert, key)
         } else {
             std::fs::create_dir_all(dir).map_err(|e| ferr(e.to_string()))?;
-            let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(|e| ferr(e.to_string()))?;
+            let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
+                .map_err(|e| ferr(e.to_string()))?;
             let mut params = CertificateParams::default();
             let mut dn = DistinguishedName::new();
             dn.push(DnType::OrganizationName, format!("weft {trust_domain}"));
             dn.push(DnType::CommonName, "weft root CA");
             params.distinguished_name = dn;
             params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-            params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+            params.key_usages = vec![
+                KeyUsagePurpose::KeyCertSign,
+                KeyUsagePurpose::CrlSign,
+                KeyUsagePurpose::DigitalSignature,
+            ];
             params.not_before = time::OffsetDateTime::now_utc() - time::Duration::hours(1);
             params.not_after = time::OffsetDateTime::now_utc() + time::Duration::days(3650);
             let cert = params.self_signed(&key).map_err(|e| ferr(e.to_string()))?;
@@ -95,8 +118,15 @@ impl Ca {
             info!(dir = %dir.display(), "generated a new root CA");
             (pem, key)
         };
-        let issuer = Issuer::from_ca_cert_pem(&root_pem, key).map_err(|e| ferr(format!("root-cert.pem: {e}")))?;
-        Ok(Self { issuer, root_pem, trust_domain: trust_domain.into(), default_ttl: Duration::from_secs(24 * 3600), max_ttl: Duration::from_secs(24 * 3600) })
+        let issuer = Issuer::from_ca_cert_pem(&root_pem, key)
+            .map_err(|e| ferr(format!("root-cert.pem: {e}")))?;
+        Ok(Self {
+            issuer,
+            root_pem,
+            trust_domain: trust_domain.into(),
+            default_ttl: Duration::from_secs(24 * 3600),
+            max_ttl: Duration::from_secs(24 * 3600),
+        })
     }
 
     pub fn root_pem(&self) -> &str {
@@ -104,8 +134,12 @@ impl Ca {
     }
 
     /// The identity a CSR asks for (its single URI SAN), after checking the CSR's signature.
-    pub fn requested_identity(&self, csr_pem: &str) -> Result<(CertificateSigningRequestParams, SpiffeId), CaError> {
-        let csr = CertificateSigningRequestParams::from_pem(csr_pem).map_err(|e| CaError::Csr(e.to_string()))?;
+    pub fn requested_identity(
+        &self,
+        csr_pem: &str,
+    ) -> Result<(CertificateSigningRequestParams, SpiffeId), CaError> {
+        let csr = CertificateSigningRequestParams::from_pem(csr_pem)
+            .map_err(|e| CaError::Csr(e.to_string()))?;
         let uris: Vec<String> = csr
             .params
             .subject_alt_names
@@ -116,7 +150,10 @@ impl Ca {
             })
             .collect();
         let [uri] = uris.as_slice() else {
-            return Err(CaError::Csr(format!("expected exactly one URI SAN, found {}", uris.len())));
+            return Err(CaError::Csr(format!(
+                "expected exactly one URI SAN, found {}",
+                uris.len()
+            )));
         };
         let id = parse_spiffe(uri, &self.trust_domain).map_err(CaError::Csr)?;
         Ok((csr, id))
@@ -124,28 +161,54 @@ impl Ca {
 
     /// Signs a CSR already checked by [`Ca::requested_identity`]: the leaf carries only the SPIFFE
     /// URI SAN, client+server auth, and lives `ttl` (default 24 h, capped).
-    pub fn sign(&self, mut csr: CertificateSigningRequestParams, id: &SpiffeId, ttl: Option<Duration>) -> Result<String, CaError> {
-        let ttl = ttl.filter(|t| !t.is_zero()).unwrap_or(self.default_ttl).min(self.max_ttl);
-        let uri = format!("spiffe://{}/ns/{}/sa/{}", self.trust_domain, id.namespace, id.service_account);
+    pub fn sign(
+        &self,
+        mut csr: CertificateSigningRequestParams,
+        id: &SpiffeId,
+        ttl: Option<Duration>,
+    ) -> Result<String, CaError> {
+        let ttl = ttl
+            .filter(|t| !t.is_zero())
+            .unwrap_or(self.default_ttl)
+            .min(self.max_ttl);
+        let uri = format!(
+            "spiffe://{}/ns/{}/sa/{}",
+            self.trust_domain, id.namespace, id.service_account
+        );
         let mut p = CertificateParams::default();
-        p.subject_alt_names = vec![SanType::URI(uri.try_into().map_err(|e| CaError::Sign(format!("{e}")))?)];
+        p.subject_alt_names = vec![SanType::URI(
+            uri.try_into().map_err(|e| CaError::Sign(format!("{e}")))?,
+        )];
         p.distinguished_name = DistinguishedName::new();
         p.is_ca = IsCa::ExplicitNoCa;
-        p.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
-        p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
+        p.key_usages = vec![
+            KeyUsagePurpose::DigitalSignature,
+            KeyUsagePurpose::KeyEncipherment,
+        ];
+        p.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
         p.use_authority_key_identifier_extension = true;
         let now = time::OffsetDateTime::now_utc();
         p.not_before = now - time::Duration::minutes(1);
         p.not_after = now + time::Duration::seconds(ttl.as_secs() as i64);
         csr.params = p;
-        let cert = csr.signed_by(&self.issuer).map_err(|e| CaError::Sign(e.to_string()))?;
+        let cert = csr
+            .signed_by(&self.issuer)
+            .map_err(|e| CaError::Sign(e.to_string()))?;
         Ok(cert.pem())
     }
 }
 
 fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
     use std::{io::Write as _, os::unix::fs::OpenOptionsExt as _};
-    let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path)?;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
     f.write_all(text.as_bytes())
 }
 
@@ -153,11 +216,18 @@ fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
 /// scheduled on the node. Pure (table-tested).
 pub fn authorize(model: &Model, node: &str, id: &SpiffeId) -> Result<(), String> {
     let pods = model.pods();
-    if pods.iter().any(|p| p.node == node && p.namespace == id.namespace && p.service_account == id.service_account) {
+    if pods.iter().any(|p| {
+        p.node == node && p.namespace == id.namespace && p.service_account == id.service_account
+    }) {
         return Ok(());
     }
-    if pods.iter().any(|p| p.namespace == id.namespace && p.service_account == id.service_account) {
-        Err(format!("no pod with identity {id} is scheduled on node {node}"))
+    if pods
+        .iter()
+        .any(|p| p.namespace == id.namespace && p.service_account == id.service_account)
+    {
+        Err(format!(
+            "no pod with identity {id} is scheduled on node {node}"
+        ))
     } else {
         Err(format!("no pod with identity {id} exists"))
     }
@@ -173,8 +243,14 @@ pub struct CaServer {
 
 #[tonic::async_trait]
 impl IstioCertificateService for CaServer {
-    async fn create_certificate(&self, request: Request<IstioCertificateRequest>) -> Result<Response<IstioCertificateResponse>, Status> {
-        let caller = request.remote_addr().map(|a| a.to_string()).unwrap_or_else(|| "?".into());
+    async fn create_certificate(
+        &self,
+        request: Request<IstioCertificateRequest>,
+    ) -> Result<Response<IstioCertificateResponse>, Status> {
+        let caller = request
+            .remote_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_else(|| "?".into());
         let token = request
             .metadata()
             .get("authorization")
@@ -184,13 +260,26 @@ impl IstioCertificateService for CaServer {
             .to_string();
         let req = request.into_inner();
         let identity = self.ca.requested_identity(&req.csr);
-        let requested = identity.as_ref().map(|(_, id)| id.to_string()).unwrap_or_else(|e| format!("<{e}>"));
+        let requested = identity
+            .as_ref()
+            .map(|(_, id)| id.to_string())
+            .unwrap_or_else(|e| format!("<{e}>"));
         let Some(node) = self.nodes_by_token.get(&token).cloned() else {
-            warn!(caller, node = "?", identity = requested, "certificate refused: bad or missing node token");
+            warn!(
+                caller,
+                node = "?",
+                identity = requested,
+                "certificate refused: bad or missing node token"
+            );
             return Err(Status::unauthenticated("bad or missing node token"));
         };
         let (csr, id) = identity.map_err(|e| {
-            warn!(caller, node, identity = requested, "certificate refused: {e}");
+            warn!(
+                caller,
+                node,
+                identity = requested,
+                "certificate refused: {e}"
+            );
             Status::invalid_argument(e.to_string())
         })?;
         let decision = {
@@ -201,10 +290,17 @@ impl IstioCertificateService for CaServer {
             warn!(caller, node, identity = %id, "certificate refused: {reason}");
             return Err(Status::permission_denied(reason));
         }
-        let ttl = u64::try_from(req.validity_duration).ok().map(Duration::from_secs);
-        let leaf = self.ca.sign(csr, &id, ttl).map_err(|e| Status::internal(e.to_string()))?;
+        let ttl = u64::try_from(req.validity_duration)
+            .ok()
+            .map(Duration::from_secs);
+        let leaf = self
+            .ca
+            .sign(csr, &id, ttl)
+            .map_err(|e| Status::internal(e.to_string()))?;
         info!(caller, node, identity = %id, "certificate signed");
-        Ok(Response::new(IstioCertificateResponse { cert_chain: vec![leaf, self.ca.root_pem().to_string()] }))
+        Ok(Response::new(IstioCertificateResponse {
+            cert_chain: vec![leaf, self.ca.root_pem().to_string()],
+        }))
     }
 }
 
@@ -223,7 +319,11 @@ mod tests {
         ];
         for (uri, want) in cases {
             match (parse_spiffe(uri, "cluster.local"), want) {
-                (Ok(id), Ok((ns, sa))) => assert_eq!((id.namespace.as_str(), id.service_account.as_str()), (ns, sa), "{uri}"),
+                (Ok(id), Ok((ns, sa))) => assert_eq!(
+                    (id.namespace.as_str(), id.service_account.as_str()),
+                    (ns, sa),
+                    "{uri}"
+                ),
                 (Err(e), Err(w)) => assert!(e.contains(w), "{uri}: {e}"),
                 (got, want) => panic!("{uri}: {got:?} vs {want:?}"),
             }
@@ -234,10 +334,21 @@ mod tests {
     fn authorization_table() {
         let mut m = Model::default();
         m.insert(json!({"kind": "Pod", "metadata": {"name": "a", "namespace": "demo", "uid": "u"}, "spec": {"nodeName": "node-a", "serviceAccountName": "web"}}));
-        let id = |ns: &str, sa: &str| SpiffeId { namespace: ns.into(), service_account: sa.into() };
+        let id = |ns: &str, sa: &str| SpiffeId {
+            namespace: ns.into(),
+            service_account: sa.into(),
+        };
         assert!(authorize(&m, "node-a", &id("demo", "web")).is_ok());
-        assert!(authorize(&m, "node-b", &id("demo", "web")).unwrap_err().contains("scheduled on node node-b"));
-        assert!(authorize(&m, "node-a", &id("demo", "db")).unwrap_err().contains("exists"));
+        assert!(
+            authorize(&m, "node-b", &id("demo", "web"))
+                .unwrap_err()
+                .contains("scheduled on node node-b")
+        );
+        assert!(
+            authorize(&m, "node-a", &id("demo", "db"))
+                .unwrap_err()
+                .contains("exists")
+        );
     }
 
     #[test]
@@ -246,14 +357,19 @@ mod tests {
         let ca = Ca::load_or_generate(&dir, "cluster.local").unwrap();
         let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
         let mut p = CertificateParams::default();
-        p.subject_alt_names = vec![SanType::URI("spiffe://cluster.local/ns/demo/sa/web".try_into().unwrap())];
+        p.subject_alt_names = vec![SanType::URI(
+            "spiffe://cluster.local/ns/demo/sa/web".try_into().unwrap(),
+        )];
         let csr = p.serialize_request(&key).unwrap().pem().unwrap();
         let (csr, id) = ca.requested_identity(&csr).unwrap();
         let pem = ca.sign(csr, &id, Some(Duration::from_secs(3600))).unwrap();
         let (_, der) = x509_parser::pem::parse_x509_pem(pem.as_bytes()).unwrap();
         let (_, cert) = x509_parser::parse_x509_certificate(&der.contents).unwrap();
         let san = cert.subject_alternative_name().unwrap().unwrap();
-        assert_eq!(format!("{:?}", san.value.general_names), "[URI(\"spiffe://cluster.local/ns/demo/sa/web\")]");
+        assert_eq!(
+            format!("{:?}", san.value.general_names),
+            "[URI(\"spiffe://cluster.local/ns/demo/sa/web\")]"
+        );
         let life = cert.validity().not_after.timestamp() - cert.validity().not_before.timestamp();
         assert_eq!(life, 3600 + 60);
         // Reloading uses the same root.

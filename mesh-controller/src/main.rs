@@ -1,5 +1,10 @@
 //! `mesh-controller`: Weft's cluster controller.
-use std::{collections::BTreeMap, net::SocketAddr, path::PathBuf, time::{Duration, Instant, SystemTime, UNIX_EPOCH}};
+use std::{
+    collections::BTreeMap,
+    net::SocketAddr,
+    path::PathBuf,
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
 
 use anyhow::{Context as _, bail};
 use clap::{Parser, Subcommand};
@@ -55,6 +60,14 @@ enum Command {
         #[arg(long, default_value = "100ms", value_parser = humantime::parse_duration)]
         debounce: Duration,
     },
+    /// Check a directory of Istio / Gateway API / Kubernetes YAML offline: one diagnostic per
+    /// problem (Istio's codes and wording); exit status 1 when any is an error or warning.
+    Analyze {
+        #[arg(short = 'f', long = "filename")]
+        dir: PathBuf,
+    },
+    /// Print the CustomResourceDefinitions of the Istio APIs Weft serves (deploy/crds/).
+    Crds,
     /// Per node: last config version sent, last acknowledged, NACK reason, age.
     ProxyStatus {
         /// The controller's admin endpoint.
@@ -72,22 +85,73 @@ fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     match cli.command {
-        Command::Run { files, listen, admin, node_tokens, insecure_no_auth, trust_domain, ca_listen, ca_dir, debounce } => {
+        Command::Run {
+            files,
+            listen,
+            admin,
+            node_tokens,
+            insecure_no_auth,
+            trust_domain,
+            ca_listen,
+            ca_dir,
+            debounce,
+        } => {
             let tokens = match node_tokens {
                 Some(p) => Some(
-                    serde_yaml::from_str::<BTreeMap<String, String>>(&std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?)
-                        .with_context(|| format!("{}: expected a map node → token", p.display()))?,
+                    serde_yaml::from_str::<BTreeMap<String, String>>(
+                        &std::fs::read_to_string(&p)
+                            .with_context(|| format!("reading {}", p.display()))?,
+                    )
+                    .with_context(|| format!("{}: expected a map node → token", p.display()))?,
                 ),
                 None if insecure_no_auth => None,
                 None => bail!("--node-tokens is required (or --insecure-no-auth)"),
             };
             info!(files = %files.display(), %listen, %admin, auth = tokens.is_some(), trust_domain, "mesh-controller {} starting (files mode)", env!("CARGO_PKG_VERSION"));
-            let ca = mesh_controller::ca::Ca::load_or_generate(&ca_dir, &trust_domain).context("loading the CA")?;
-            rt.block_on(run(files, listen, admin, tokens, trust_domain, debounce, (ca_listen, ca)))
+            let ca = mesh_controller::ca::Ca::load_or_generate(&ca_dir, &trust_domain)
+                .context("loading the CA")?;
+            rt.block_on(run(
+                files,
+                listen,
+                admin,
+                tokens,
+                trust_domain,
+                debounce,
+                (ca_listen, ca),
+            ))
         }
         Command::ProxyStatus { admin, json } => rt.block_on(proxy_status(admin, json)),
+        Command::Crds => {
+            print!("{}", mesh_controller::crd::crds_yaml());
+            Ok(())
+        }
+        Command::Analyze { dir } => {
+            use mesh_controller::validate::Severity;
+            let (diags, objects) = mesh_controller::validate::analyze_dir(&dir)?;
+            for d in &diags {
+                println!("{d}");
+            }
+            let bad = diags
+                .iter()
+                .filter(|d| matches!(d.severity, Severity::Error | Severity::Warning))
+                .count();
+            if diags.is_empty() {
+                println!(
+                    "✔ No validation issues found when analyzing {} ({objects} objects).",
+                    dir.display()
+                );
+            } else {
+                eprintln!(
+                    "{} diagnostic(s) ({bad} error/warning) in {objects} objects",
+                    diags.len()
+                );
+            }
+            std::process::exit(if bad > 0 { 1 } else { 0 })
+        }
     }
 }
 
@@ -101,16 +165,30 @@ async fn run(
     (ca_listen, ca): (SocketAddr, mesh_controller::ca::Ca),
 ) -> anyhow::Result<()> {
     // Without node tokens the CA cannot tell nodes apart: it then refuses every request.
-    let nodes_by_token = tokens.clone().unwrap_or_default().into_iter().map(|(n, t)| (t, n)).collect();
+    let nodes_by_token = tokens
+        .clone()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(n, t)| (t, n))
+        .collect();
     let hub = Hub::new(tokens);
     let mut src = FilesSource::new(files);
-    src.refresh().with_context(|| format!("reading {}", src.dir().display()))?;
+    src.refresh()
+        .with_context(|| format!("reading {}", src.dir().display()))?;
     let model = std::sync::Arc::new(std::sync::RwLock::new(src.model()));
     hub.update(translate::all_nodes(&src.model(), &td));
-    let ca_server = mesh_controller::ca::CaServer { ca: std::sync::Arc::new(ca), model: model.clone(), nodes_by_token };
+    let ca_server = mesh_controller::ca::CaServer {
+        ca: std::sync::Arc::new(ca),
+        model: model.clone(),
+        nodes_by_token,
+    };
     tokio::spawn(async move {
         let svc = mesh_common::proto::ca::istio_certificate_service_server::IstioCertificateServiceServer::new(ca_server);
-        if let Err(e) = tonic::transport::Server::builder().add_service(svc).serve(ca_listen).await {
+        if let Err(e) = tonic::transport::Server::builder()
+            .add_service(svc)
+            .serve(ca_listen)
+            .await
+        {
             tracing::error!("certificate service on {ca_listen}: {e}");
         }
     });
@@ -122,7 +200,10 @@ async fn run(
                 Ok(true) => {}
                 Ok(false) => continue,
                 Err(e) => {
-                    tracing::warn!("reading {}: {e}; keeping the last good config", src.dir().display());
+                    tracing::warn!(
+                        "reading {}: {e}; keeping the last good config",
+                        src.dir().display()
+                    );
                     continue;
                 }
             }
@@ -160,25 +241,58 @@ async fn run(
 
 async fn proxy_status(admin: SocketAddr, json: bool) -> anyhow::Result<()> {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-    let mut s = tokio::net::TcpStream::connect(admin).await.with_context(|| format!("connecting to the controller admin endpoint {admin}"))?;
-    s.write_all(format!("GET /debug/proxy-status HTTP/1.1\r\nhost: {admin}\r\nconnection: close\r\n\r\n").as_bytes()).await?;
+    let mut s = tokio::net::TcpStream::connect(admin)
+        .await
+        .with_context(|| format!("connecting to the controller admin endpoint {admin}"))?;
+    s.write_all(
+        format!("GET /debug/proxy-status HTTP/1.1\r\nhost: {admin}\r\nconnection: close\r\n\r\n")
+            .as_bytes(),
+    )
+    .await?;
     let mut buf = String::new();
     s.read_to_string(&mut buf).await?;
-    let body = buf.split_once("\r\n\r\n").map(|(_, b)| b).context("malformed admin response")?;
-    let status: BTreeMap<String, NodeStatus> = serde_json::from_str(body).context("admin response")?;
+    let body = buf
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b)
+        .context("malformed admin response")?;
+    let status: BTreeMap<String, NodeStatus> =
+        serde_json::from_str(body).context("admin response")?;
     if json {
         println!("{}", serde_json::to_string_pretty(&status)?);
         return Ok(());
     }
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
-    let age = |ms: u64| if ms == 0 { "-".to_string() } else { format!("{:.1}s", (now.saturating_sub(ms)) as f64 / 1000.0) };
-    println!("{:<10} {:<10} {:<22} {:>7} {:<22} {:>7} {:>5} NACK", "NODE", "CONNECTED", "SENT", "AGE", "ACKED", "AGE", "RES");
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0);
+    let age = |ms: u64| {
+        if ms == 0 {
+            "-".to_string()
+        } else {
+            format!("{:.1}s", (now.saturating_sub(ms)) as f64 / 1000.0)
+        }
+    };
+    println!(
+        "{:<10} {:<10} {:<22} {:>7} {:<22} {:>7} {:>5} NACK",
+        "NODE", "CONNECTED", "SENT", "AGE", "ACKED", "AGE", "RES"
+    );
     for (node, s) in &status {
-        let synced = if s.last_sent_version == s.last_acked_version { "" } else { " (not acked)" };
+        let synced = if s.last_sent_version == s.last_acked_version {
+            ""
+        } else {
+            " (not acked)"
+        };
         println!(
             "{:<10} {:<10} {:<22} {:>7} {:<22} {:>7} {:>5} {}{}",
-            node, s.connected, s.last_sent_version, age(s.last_sent_unix_ms), s.last_acked_version, age(s.last_acked_unix_ms), s.resources,
-            s.last_nack.clone().unwrap_or_else(|| "-".into()), synced
+            node,
+            s.connected,
+            s.last_sent_version,
+            age(s.last_sent_unix_ms),
+            s.last_acked_version,
+            age(s.last_acked_unix_ms),
+            s.resources,
+            s.last_nack.clone().unwrap_or_else(|| "-".into()),
+            synced
         );
     }
     Ok(())

@@ -46,7 +46,11 @@ pub struct Service {
 
 fn str_map(v: Option<&Value>) -> BTreeMap<String, String> {
     v.and_then(Value::as_object)
-        .map(|m| m.iter().filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string()))).collect())
+        .map(|m| {
+            m.iter()
+                .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string())))
+                .collect()
+        })
         .unwrap_or_default()
 }
 
@@ -56,7 +60,9 @@ fn s(v: &Value, ptr: &str) -> Option<String> {
 
 impl Model {
     pub fn insert(&mut self, v: Value) {
-        let (Some(kind), Some(name)) = (s(&v, "/kind"), s(&v, "/metadata/name")) else { return };
+        let (Some(kind), Some(name)) = (s(&v, "/kind"), s(&v, "/metadata/name")) else {
+            return;
+        };
         let key = match s(&v, "/metadata/namespace") {
             Some(ns) if kind != "Namespace" && kind != "Node" => format!("{ns}/{name}"),
             _ => name,
@@ -84,8 +90,18 @@ impl Model {
                     .and_then(Value::as_array)
                     .into_iter()
                     .flatten()
-                    .flat_map(|c| c.get("ports").and_then(Value::as_array).into_iter().flatten())
-                    .filter_map(|cp| Some((cp.get("name")?.as_str()?.to_string(), cp.get("containerPort")?.as_u64()? as u16)))
+                    .flat_map(|c| {
+                        c.get("ports")
+                            .and_then(Value::as_array)
+                            .into_iter()
+                            .flatten()
+                    })
+                    .filter_map(|cp| {
+                        Some((
+                            cp.get("name")?.as_str()?.to_string(),
+                            cp.get("containerPort")?.as_u64()? as u16,
+                        ))
+                    })
                     .collect();
                 Some(Pod {
                     uid: s(p, "/metadata/uid")?,
@@ -93,7 +109,8 @@ impl Model {
                     namespace: s(p, "/metadata/namespace").unwrap_or_else(|| "default".into()),
                     node: s(p, "/spec/nodeName").unwrap_or_default(),
                     ip: s(p, "/status/podIP").and_then(|ip| ip.parse().ok()),
-                    service_account: s(p, "/spec/serviceAccountName").unwrap_or_else(|| "default".into()),
+                    service_account: s(p, "/spec/serviceAccountName")
+                        .unwrap_or_else(|| "default".into()),
                     labels: str_map(p.pointer("/metadata/labels")),
                     annotations: str_map(p.pointer("/metadata/annotations")),
                     running: s(p, "/status/phase").as_deref() == Some("Running"),
@@ -114,7 +131,9 @@ impl Model {
                     .filter_map(|p| {
                         let port = p.get("port")?.as_u64()? as u16;
                         let target = match p.get("targetPort") {
-                            Some(Value::Number(n)) => Ok(n.as_u64().unwrap_or(u64::from(port)) as u16),
+                            Some(Value::Number(n)) => {
+                                Ok(n.as_u64().unwrap_or(u64::from(port)) as u16)
+                            }
                             Some(Value::String(name)) => Err(name.clone()),
                             _ => Ok(port),
                         };
@@ -122,8 +141,16 @@ impl Model {
                             name: p.get("name").and_then(Value::as_str).unwrap_or("").into(),
                             port,
                             target,
-                            protocol: p.get("protocol").and_then(Value::as_str).unwrap_or("TCP").into(),
-                            app_protocol: p.get("appProtocol").and_then(Value::as_str).unwrap_or("").into(),
+                            protocol: p
+                                .get("protocol")
+                                .and_then(Value::as_str)
+                                .unwrap_or("TCP")
+                                .into(),
+                            app_protocol: p
+                                .get("appProtocol")
+                                .and_then(Value::as_str)
+                                .unwrap_or("")
+                                .into(),
                         })
                     })
                     .collect();

@@ -57,12 +57,19 @@ pub struct Hub {
 }
 
 fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 impl Hub {
     pub fn new(tokens: Option<BTreeMap<String, String>>) -> Arc<Self> {
-        Arc::new(Self { state: Mutex::new(HubState::default()), tokens, instance: format!("{:x}", now_ms()) })
+        Arc::new(Self {
+            state: Mutex::new(HubState::default()),
+            tokens,
+            instance: format!("{:x}", now_ms()),
+        })
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HubState> {
@@ -76,7 +83,12 @@ impl Hub {
         st.version += 1;
         let version = format!("{}-{}", self.instance, st.version);
         st.configs = configs;
-        let HubState { configs, subscribers, status, .. } = &mut *st;
+        let HubState {
+            configs,
+            subscribers,
+            status,
+            ..
+        } = &mut *st;
         for (node, sub) in subscribers.iter_mut() {
             let empty = NodeConfig::new();
             let new = configs.get(node).unwrap_or(&empty);
@@ -84,9 +96,18 @@ impl Hub {
             if upserts.is_empty() && removed.is_empty() {
                 continue;
             }
-            let update = ConfigUpdate { version: version.clone(), nonce: format!("{version}-{node}"), snapshot: false, resources: upserts, removed };
+            let update = ConfigUpdate {
+                version: version.clone(),
+                nonce: format!("{version}-{node}"),
+                snapshot: false,
+                resources: upserts,
+                removed,
+            };
             if sub.tx.try_send(Ok(update)).is_err() {
-                warn!(node, "config stream is backed up or closed; the agent will resync on reconnect");
+                warn!(
+                    node,
+                    "config stream is backed up or closed; the agent will resync on reconnect"
+                );
                 continue;
             }
             sub.sent = new.clone();
@@ -107,21 +128,40 @@ impl Hub {
             Some(t) if t.get(node).is_some_and(|want| want == token) => Ok(()),
             Some(_) => {
                 warn!(node, "config stream refused: bad or missing node token");
-                Err(Status::unauthenticated(format!("node {node:?}: bad or missing bootstrap token")))
+                Err(Status::unauthenticated(format!(
+                    "node {node:?}: bad or missing bootstrap token"
+                )))
             }
         }
     }
 
-    fn subscribe(&self, node: &str, agent_version: &str) -> (u64, mpsc::Receiver<Result<ConfigUpdate, Status>>) {
+    fn subscribe(
+        &self,
+        node: &str,
+        agent_version: &str,
+    ) -> (u64, mpsc::Receiver<Result<ConfigUpdate, Status>>) {
         let (tx, rx) = mpsc::channel(64);
         let mut st = self.lock();
         st.next_id += 1;
         let id = st.next_id;
         let version = format!("{}-{}", self.instance, st.version);
         let snapshot = st.configs.get(node).cloned().unwrap_or_default();
-        let update = ConfigUpdate { version: version.clone(), nonce: format!("{version}-{node}-s{id}"), snapshot: true, resources: snapshot.values().cloned().collect(), removed: vec![] };
+        let update = ConfigUpdate {
+            version: version.clone(),
+            nonce: format!("{version}-{node}-s{id}"),
+            snapshot: true,
+            resources: snapshot.values().cloned().collect(),
+            removed: vec![],
+        };
         let _ = tx.try_send(Ok(update));
-        st.subscribers.insert(node.to_string(), Subscriber { id, tx, sent: snapshot.clone() });
+        st.subscribers.insert(
+            node.to_string(),
+            Subscriber {
+                id,
+                tx,
+                sent: snapshot.clone(),
+            },
+        );
         let s = st.status.entry(node.to_string()).or_default();
         s.connected = true;
         s.agent_version = agent_version.to_string();
@@ -167,11 +207,19 @@ type UpdateStream = Pin<Box<dyn Stream<Item = Result<ConfigUpdate, Status>> + Se
 impl ConfigService for ConfigServer {
     type StreamStream = UpdateStream;
 
-    async fn stream(&self, request: Request<Streaming<AgentMessage>>) -> Result<Response<Self::StreamStream>, Status> {
+    async fn stream(
+        &self,
+        request: Request<Streaming<AgentMessage>>,
+    ) -> Result<Response<Self::StreamStream>, Status> {
         let mut inbound = request.into_inner();
-        let first = inbound.message().await?.ok_or_else(|| Status::invalid_argument("empty stream"))?;
+        let first = inbound
+            .message()
+            .await?
+            .ok_or_else(|| Status::invalid_argument("empty stream"))?;
         let Some(Msg::Subscribe(sub)) = first.msg else {
-            return Err(Status::invalid_argument("the first message must be Subscribe"));
+            return Err(Status::invalid_argument(
+                "the first message must be Subscribe",
+            ));
         };
         if sub.node.is_empty() {
             return Err(Status::invalid_argument("Subscribe.node is empty"));
@@ -179,12 +227,19 @@ impl ConfigService for ConfigServer {
         self.hub.authenticate(&sub.node, &sub.token)?;
         let node = sub.node.clone();
         let (id, rx) = self.hub.subscribe(&node, &sub.agent_version);
-        info!(node, have_version = sub.have_version, agent = sub.agent_version, "agent subscribed");
+        info!(
+            node,
+            have_version = sub.have_version,
+            agent = sub.agent_version,
+            "agent subscribed"
+        );
         let hub = self.hub.clone();
         tokio::spawn(async move {
             while let Some(msg) = inbound.next().await {
                 match msg {
-                    Ok(AgentMessage { msg: Some(Msg::Ack(a)) }) => hub.ack(&node, &a.version, a.accepted, &a.error),
+                    Ok(AgentMessage {
+                        msg: Some(Msg::Ack(a)),
+                    }) => hub.ack(&node, &a.version, a.accepted, &a.error),
                     Ok(_) => {}
                     Err(e) => {
                         warn!(node, "config stream: {e}");

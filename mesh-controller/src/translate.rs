@@ -2,7 +2,9 @@
 //! made, and the services with their endpoints), as named config-stream resources. Table-tested.
 use std::collections::BTreeMap;
 
-use mesh_common::proto::config::{Endpoint, Resource, Service, ServicePort, Workload, resource::Kind};
+use mesh_common::proto::config::{
+    Endpoint, Resource, Service, ServicePort, Workload, resource::Kind,
+};
 
 use crate::model::{Model, Pod};
 
@@ -17,8 +19,14 @@ pub const EXCLUDE_OUT_CIDRS: &str = "weft.dev/exclude-outbound-cidrs";
 pub type NodeConfig = BTreeMap<String, Resource>;
 
 fn ports(s: Option<&String>) -> Vec<u32> {
-    s.map(|s| s.split(',').filter_map(|p| p.trim().parse::<u16>().ok()).filter(|p| *p > 0).map(u32::from).collect())
-        .unwrap_or_default()
+    s.map(|s| {
+        s.split(',')
+            .filter_map(|p| p.trim().parse::<u16>().ok())
+            .filter(|p| *p > 0)
+            .map(u32::from)
+            .collect()
+    })
+    .unwrap_or_default()
 }
 
 /// The workload a pod becomes, with Weft's opt-in rules: namespace `weft.dev/mesh: enabled`, pod
@@ -26,8 +34,12 @@ fn ports(s: Option<&String>) -> Vec<u32> {
 pub fn workload(model: &Model, pod: &Pod, trust_domain: &str) -> Option<Workload> {
     let ip = pod.ip?;
     let nsa = model.namespace_annotations(&pod.namespace);
-    let mesh = nsa.get(MESH).map(String::as_str) == Some("enabled") && pod.annotations.get(MESH).map(String::as_str) != Some("disabled");
-    let fast_path = [pod.annotations.get(FAST_PATH), nsa.get(FAST_PATH)].into_iter().flatten().any(|v| v == "enabled");
+    let mesh = nsa.get(MESH).map(String::as_str) == Some("enabled")
+        && pod.annotations.get(MESH).map(String::as_str) != Some("disabled");
+    let fast_path = [pod.annotations.get(FAST_PATH), nsa.get(FAST_PATH)]
+        .into_iter()
+        .flatten()
+        .any(|v| v == "enabled");
     Some(Workload {
         uid: pod.uid.clone(),
         name: pod.name.clone(),
@@ -35,7 +47,11 @@ pub fn workload(model: &Model, pod: &Pod, trust_domain: &str) -> Option<Workload
         node: pod.node.clone(),
         ip: ip.to_string(),
         service_account: pod.service_account.clone(),
-        labels: pod.labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        labels: pod
+            .labels
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
         mesh,
         fast_path,
         exclude_outbound_ports: ports(pod.annotations.get(EXCLUDE_OUT_PORTS)),
@@ -43,9 +59,17 @@ pub fn workload(model: &Model, pod: &Pod, trust_domain: &str) -> Option<Workload
         exclude_outbound_cidrs: pod
             .annotations
             .get(EXCLUDE_OUT_CIDRS)
-            .map(|s| s.split(',').map(|c| c.trim().to_string()).filter(|c| !c.is_empty()).collect())
+            .map(|s| {
+                s.split(',')
+                    .map(|c| c.trim().to_string())
+                    .filter(|c| !c.is_empty())
+                    .collect()
+            })
             .unwrap_or_default(),
-        identity: format!("spiffe://{trust_domain}/ns/{}/sa/{}", pod.namespace, pod.service_account),
+        identity: format!(
+            "spiffe://{trust_domain}/ns/{}/sa/{}",
+            pod.namespace, pod.service_account
+        ),
         policies: vec![],
     })
 }
@@ -57,7 +81,10 @@ pub fn all_nodes(model: &Model, trust_domain: &str) -> BTreeMap<String, NodeConf
     for svc in model.services() {
         let mut endpoints = vec![];
         if !svc.selector.is_empty() {
-            for p in pods.iter().filter(|p| p.namespace == svc.namespace && p.running && p.ip.is_some()) {
+            for p in pods
+                .iter()
+                .filter(|p| p.namespace == svc.namespace && p.running && p.ip.is_some())
+            {
                 if !svc.selector.iter().all(|(k, v)| p.labels.get(k) == Some(v)) {
                     continue;
                 }
@@ -85,7 +112,10 @@ pub fn all_nodes(model: &Model, trust_domain: &str) -> BTreeMap<String, NodeConf
             name,
             kind: Some(Kind::Service(Service {
                 hostname: format!("{}.{}.svc.cluster.local", svc.name, svc.namespace),
-                addresses: svc.cluster_ip.map(|ip| vec![ip.to_string()]).unwrap_or_default(),
+                addresses: svc
+                    .cluster_ip
+                    .map(|ip| vec![ip.to_string()])
+                    .unwrap_or_default(),
                 ports: svc
                     .ports
                     .iter()
@@ -104,7 +134,10 @@ pub fn all_nodes(model: &Model, trust_domain: &str) -> BTreeMap<String, NodeConf
         });
     }
     let mut out: BTreeMap<String, NodeConfig> = BTreeMap::new();
-    for node in model.of("Node").filter_map(|n| n.pointer("/metadata/name").and_then(|v| v.as_str())) {
+    for node in model
+        .of("Node")
+        .filter_map(|n| n.pointer("/metadata/name").and_then(|v| v.as_str()))
+    {
         out.entry(node.to_string()).or_default();
     }
     for p in &pods {
@@ -115,7 +148,13 @@ pub fn all_nodes(model: &Model, trust_domain: &str) -> BTreeMap<String, NodeConf
     for (node, cfg) in out.iter_mut() {
         for p in pods.iter().filter(|p| &p.node == node) {
             if let Some(w) = workload(model, p, trust_domain) {
-                cfg.insert(format!("workload/{}", w.uid), Resource { name: format!("workload/{}", w.uid), kind: Some(Kind::Workload(w)) });
+                cfg.insert(
+                    format!("workload/{}", w.uid),
+                    Resource {
+                        name: format!("workload/{}", w.uid),
+                        kind: Some(Kind::Workload(w)),
+                    },
+                );
             }
         }
         for s in &services {
@@ -127,8 +166,16 @@ pub fn all_nodes(model: &Model, trust_domain: &str) -> BTreeMap<String, NodeConf
 
 /// What changed between two configs of a node: (upserted resources, removed names).
 pub fn diff(old: &NodeConfig, new: &NodeConfig) -> (Vec<Resource>, Vec<String>) {
-    let upserts = new.iter().filter(|(k, v)| old.get(*k) != Some(*v)).map(|(_, v)| v.clone()).collect();
-    let removed = old.keys().filter(|k| !new.contains_key(*k)).cloned().collect();
+    let upserts = new
+        .iter()
+        .filter(|(k, v)| old.get(*k) != Some(*v))
+        .map(|(_, v)| v.clone())
+        .collect();
+    let removed = old
+        .keys()
+        .filter(|k| !new.contains_key(*k))
+        .cloned()
+        .collect();
     (upserts, removed)
 }
 
@@ -180,12 +227,22 @@ mod tests {
             let mut got = workloads(&all[node]);
             got.sort();
             assert_eq!(got, want, "{node}");
-            assert!(all[node].contains_key("service/demo/b"), "{node} gets the services");
+            assert!(
+                all[node].contains_key("service/demo/b"),
+                "{node} gets the services"
+            );
         }
-        let Some(Kind::Service(svc)) = &all["node-a"]["service/demo/b"].kind else { panic!() };
+        let Some(Kind::Service(svc)) = &all["node-a"]["service/demo/b"].kind else {
+            panic!()
+        };
         assert_eq!(svc.endpoints.len(), 1, "only same-namespace running pods");
-        assert_eq!(svc.endpoints[0].ports[&80], 8080, "named targetPort resolved");
-        let Some(Kind::Workload(w)) = &all["node-a"]["workload/ua"].kind else { panic!() };
+        assert_eq!(
+            svc.endpoints[0].ports[&80], 8080,
+            "named targetPort resolved"
+        );
+        let Some(Kind::Workload(w)) = &all["node-a"]["workload/ua"].kind else {
+            panic!()
+        };
         assert_eq!(w.identity, "spiffe://cluster.local/ns/demo/sa/sa");
     }
 

@@ -32,42 +32,104 @@ async fn signs_only_identities_of_pods_on_the_callers_node() {
     let server = CaServer {
         ca: ca.clone(),
         model: Arc::new(RwLock::new(m)),
-        nodes_by_token: [("ta".to_string(), "node-a".to_string()), ("tb".to_string(), "node-b".to_string())].into(),
+        nodes_by_token: [
+            ("ta".to_string(), "node-a".to_string()),
+            ("tb".to_string(), "node-b".to_string()),
+        ]
+        .into(),
     };
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap();
-    tokio::spawn(tonic::transport::Server::builder().add_service(IstioCertificateServiceServer::new(server)).serve_with_incoming(TcpListenerStream::new(l)));
-    let mut client = IstioCertificateServiceClient::connect(format!("http://{addr}")).await.unwrap();
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(IstioCertificateServiceServer::new(server))
+            .serve_with_incoming(TcpListenerStream::new(l)),
+    );
+    let mut client = IstioCertificateServiceClient::connect(format!("http://{addr}"))
+        .await
+        .unwrap();
     let call = |token: &str, uri: &str, ttl: i64| {
-        let mut req = tonic::Request::new(IstioCertificateRequest { csr: csr(uri), validity_duration: ttl });
-        req.metadata_mut().insert("authorization", format!("Bearer {token}").parse().unwrap());
+        let mut req = tonic::Request::new(IstioCertificateRequest {
+            csr: csr(uri),
+            validity_duration: ttl,
+        });
+        req.metadata_mut()
+            .insert("authorization", format!("Bearer {token}").parse().unwrap());
         req
     };
 
     // A pod on the caller's node: signed, leaf + root, right SAN and TTL.
-    let resp = client.create_certificate(call("ta", "spiffe://cluster.local/ns/demo/sa/web", 7200)).await.unwrap().into_inner();
+    let resp = client
+        .create_certificate(call("ta", "spiffe://cluster.local/ns/demo/sa/web", 7200))
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(resp.cert_chain.len(), 2);
     assert_eq!(resp.cert_chain[1], ca.root_pem());
     let (_, pem) = x509_parser::pem::parse_x509_pem(resp.cert_chain[0].as_bytes()).unwrap();
     let (_, cert) = x509_parser::parse_x509_certificate(&pem.contents).unwrap();
-    let san = format!("{:?}", cert.subject_alternative_name().unwrap().unwrap().value.general_names);
+    let san = format!(
+        "{:?}",
+        cert.subject_alternative_name()
+            .unwrap()
+            .unwrap()
+            .value
+            .general_names
+    );
     assert_eq!(san, "[URI(\"spiffe://cluster.local/ns/demo/sa/web\")]");
-    assert_eq!(cert.validity().not_after.timestamp() - cert.validity().not_before.timestamp(), 7200 + 60);
+    assert_eq!(
+        cert.validity().not_after.timestamp() - cert.validity().not_before.timestamp(),
+        7200 + 60
+    );
     // A TTL above the cap is capped at 24 h.
-    let resp = client.create_certificate(call("ta", "spiffe://cluster.local/ns/demo/sa/web", 7 * 86400)).await.unwrap().into_inner();
+    let resp = client
+        .create_certificate(call(
+            "ta",
+            "spiffe://cluster.local/ns/demo/sa/web",
+            7 * 86400,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
     let (_, pem) = x509_parser::pem::parse_x509_pem(resp.cert_chain[0].as_bytes()).unwrap();
     let (_, cert) = x509_parser::parse_x509_certificate(&pem.contents).unwrap();
-    assert_eq!(cert.validity().not_after.timestamp() - cert.validity().not_before.timestamp(), 86400 + 60);
+    assert_eq!(
+        cert.validity().not_after.timestamp() - cert.validity().not_before.timestamp(),
+        86400 + 60
+    );
 
     // Refusals.
     let cases = [
-        ("tb", "spiffe://cluster.local/ns/demo/sa/web", tonic::Code::PermissionDenied, "a pod on another node"),
-        ("ta", "spiffe://cluster.local/ns/demo/sa/ghost", tonic::Code::PermissionDenied, "a non-existent pod"),
-        ("nope", "spiffe://cluster.local/ns/demo/sa/web", tonic::Code::Unauthenticated, "a bad token"),
-        ("ta", "spiffe://evil.org/ns/demo/sa/web", tonic::Code::InvalidArgument, "another trust domain"),
+        (
+            "tb",
+            "spiffe://cluster.local/ns/demo/sa/web",
+            tonic::Code::PermissionDenied,
+            "a pod on another node",
+        ),
+        (
+            "ta",
+            "spiffe://cluster.local/ns/demo/sa/ghost",
+            tonic::Code::PermissionDenied,
+            "a non-existent pod",
+        ),
+        (
+            "nope",
+            "spiffe://cluster.local/ns/demo/sa/web",
+            tonic::Code::Unauthenticated,
+            "a bad token",
+        ),
+        (
+            "ta",
+            "spiffe://evil.org/ns/demo/sa/web",
+            tonic::Code::InvalidArgument,
+            "another trust domain",
+        ),
     ];
     for (token, uri, code, what) in cases {
-        let err = client.create_certificate(call(token, uri, 0)).await.unwrap_err();
+        let err = client
+            .create_certificate(call(token, uri, 0))
+            .await
+            .unwrap_err();
         assert_eq!(err.code(), code, "{what}: {err}");
     }
     let _ = std::fs::remove_dir_all(dir);

@@ -52,27 +52,62 @@ struct FakeAgent {
 }
 
 async fn agent(addr: SocketAddr, node: &str, token: &str) -> Result<FakeAgent, tonic::Status> {
-    let mut c = ConfigServiceClient::connect(format!("http://{addr}")).await.unwrap();
+    let mut c = ConfigServiceClient::connect(format!("http://{addr}"))
+        .await
+        .unwrap();
     let (tx, rx) = mpsc::channel(8);
-    tx.send(AgentMessage { msg: Some(Msg::Subscribe(Subscribe { node: node.into(), token: token.into(), ..Default::default() })) }).await.unwrap();
+    tx.send(AgentMessage {
+        msg: Some(Msg::Subscribe(Subscribe {
+            node: node.into(),
+            token: token.into(),
+            ..Default::default()
+        })),
+    })
+    .await
+    .unwrap();
     let updates = c.stream(ReceiverStream::new(rx)).await?.into_inner();
     Ok(FakeAgent { tx, updates })
 }
 
 impl FakeAgent {
     async fn next(&mut self) -> ConfigUpdate {
-        tokio::time::timeout(Duration::from_secs(5), self.updates.message()).await.expect("an update within 5 s").unwrap().unwrap()
+        tokio::time::timeout(Duration::from_secs(5), self.updates.message())
+            .await
+            .expect("an update within 5 s")
+            .unwrap()
+            .unwrap()
     }
     async fn none_within(&mut self, d: Duration) {
-        assert!(tokio::time::timeout(d, self.updates.message()).await.is_err(), "no update expected");
+        assert!(
+            tokio::time::timeout(d, self.updates.message())
+                .await
+                .is_err(),
+            "no update expected"
+        );
     }
     async fn ack(&self, u: &ConfigUpdate, accepted: bool, error: &str) {
-        self.tx.send(AgentMessage { msg: Some(Msg::Ack(Ack { nonce: u.nonce.clone(), version: u.version.clone(), accepted, error: error.into() })) }).await.unwrap();
+        self.tx
+            .send(AgentMessage {
+                msg: Some(Msg::Ack(Ack {
+                    nonce: u.nonce.clone(),
+                    version: u.version.clone(),
+                    accepted,
+                    error: error.into(),
+                })),
+            })
+            .await
+            .unwrap();
     }
 }
 
 fn tokens() -> Option<BTreeMap<String, String>> {
-    Some([("node-a".to_string(), "ta".to_string()), ("node-b".to_string(), "tb".to_string())].into())
+    Some(
+        [
+            ("node-a".to_string(), "ta".to_string()),
+            ("node-b".to_string(), "tb".to_string()),
+        ]
+        .into(),
+    )
 }
 
 #[tokio::test]
@@ -81,15 +116,30 @@ async fn snapshot_then_deltas_only_to_affected_nodes_and_nacks_in_status() {
     hub.update(translate::all_nodes(&model(false), "cluster.local"));
     let (addr, _srv) = serve(hub.clone(), "127.0.0.1:0").await;
 
-    assert_eq!(agent(addr, "node-a", "wrong").await.err().map(|s| s.code()), Some(tonic::Code::Unauthenticated));
+    assert_eq!(
+        agent(addr, "node-a", "wrong").await.err().map(|s| s.code()),
+        Some(tonic::Code::Unauthenticated)
+    );
 
     let mut a = agent(addr, "node-a", "ta").await.unwrap();
     let mut b = agent(addr, "node-b", "tb").await.unwrap();
     let sa = a.next().await;
     let sb = b.next().await;
     assert!(sa.snapshot && sb.snapshot);
-    assert_eq!(sa.resources.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(), vec!["workload/ua"]);
-    assert_eq!(sb.resources.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(), vec!["workload/ub"]);
+    assert_eq!(
+        sa.resources
+            .iter()
+            .map(|r| r.name.as_str())
+            .collect::<Vec<_>>(),
+        vec!["workload/ua"]
+    );
+    assert_eq!(
+        sb.resources
+            .iter()
+            .map(|r| r.name.as_str())
+            .collect::<Vec<_>>(),
+        vec!["workload/ub"]
+    );
     a.ack(&sa, true, "").await;
     b.ack(&sb, true, "").await;
 
@@ -105,7 +155,10 @@ async fn snapshot_then_deltas_only_to_affected_nodes_and_nacks_in_status() {
     a.ack(&da, false, "bad workload").await;
     tokio::time::sleep(Duration::from_millis(100)).await;
     let st = hub.status();
-    assert_eq!(st["node-a"].last_nack.as_deref(), Some(format!("{}: bad workload", da.version).as_str()));
+    assert_eq!(
+        st["node-a"].last_nack.as_deref(),
+        Some(format!("{}: bad workload", da.version).as_str())
+    );
     assert_eq!(st["node-a"].last_acked_version, sa.version);
     assert_eq!(st["node-b"].last_acked_version, sb.version);
     assert!(st["node-a"].connected && st["node-b"].connected);
@@ -129,7 +182,11 @@ async fn controller_restart_agents_resync_without_a_gap() {
     drop(listener);
     // The first controller runs on its own runtime: dropping that runtime ends every task and
     // connection of it, like a process exit.
-    let rt1 = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+    let rt1 = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
     let h = hub.clone();
     let a = addr.to_string();
     rt1.spawn(async move {
@@ -146,10 +203,16 @@ async fn controller_restart_agents_resync_without_a_gap() {
     assert_eq!(src.read().unwrap().workloads.len(), 1);
 
     // Controller gone: the agent keeps serving its last config.
-    tokio::task::spawn_blocking(move || drop(rt1)).await.unwrap();
+    tokio::task::spawn_blocking(move || drop(rt1))
+        .await
+        .unwrap();
     for _ in 0..10 {
         tokio::time::sleep(Duration::from_millis(50)).await;
-        assert_eq!(src.read().unwrap().workloads.len(), 1, "no gap while the controller is down");
+        assert_eq!(
+            src.read().unwrap().workloads.len(),
+            1,
+            "no gap while the controller is down"
+        );
     }
 
     // A new controller with a changed world: the agent resubscribes and converges.
@@ -158,9 +221,15 @@ async fn controller_restart_agents_resync_without_a_gap() {
     let (_, _srv2) = serve(hub2.clone(), &addr.to_string()).await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     while src.read().unwrap().workloads.len() != 2 {
-        assert!(tokio::time::Instant::now() < deadline, "agent did not resync");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "agent did not resync"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     tokio::time::sleep(Duration::from_millis(100)).await;
-    assert!(!hub2.status()["node-a"].last_acked_version.is_empty(), "the resync was ACKed");
+    assert!(
+        !hub2.status()["node-a"].last_acked_version.is_empty(),
+        "the resync was ACKed"
+    );
 }

@@ -1,5 +1,6 @@
 //! `cargo xtask …`: what cargo cannot do — toolchain setup, the local lab, the demo and the test run.
 mod bench;
+mod codegen;
 mod demo;
 mod lab;
 mod setup;
@@ -28,6 +29,8 @@ enum Command {
     Demo,
     /// Run every check: fmt, clippy, unit, privileged (netns/eBPF) and lab end-to-end tests.
     Test(test::TestArgs),
+    /// Regenerate checked-in generated files (deploy/crds/), or `--check` that they are current.
+    Codegen(codegen::CodegenArgs),
     /// Benchmarks (root; print a table with ratios against a baseline run in the same invocation).
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -41,5 +44,6 @@ fn main() -> anyhow::Result<()> {
         Command::Demo => demo::run(),
         Command::Test(args) => test::run(args),
         Command::Bench(cmd) => bench::run(cmd),
+        Command::Codegen(args) => codegen::run(args),
     }
 }

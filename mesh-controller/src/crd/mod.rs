@@ -20,8 +20,8 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomRe
 use kube::CustomResourceExt;
 
 pub use common::{
-    DurationError, GoDuration, Opaque, parse_go_duration, Percent, PolicyTargetReference, PortSelector, StringMatch,
-    WorkloadSelector,
+    DurationError, GoDuration, Opaque, Percent, PolicyTargetReference, PortSelector, StringMatch,
+    WorkloadSelector, parse_go_duration,
 };
 pub use gateway_api::{GRPCRoute, GRPCRouteSpec, HTTPRoute, HTTPRouteSpec};
 pub use networking::{
@@ -51,7 +51,11 @@ pub const HTTPROUTE_VERSIONS: &[&str] = &["v1", "v1beta1"];
 pub const GRPCROUTE_VERSIONS: &[&str] = &["v1", "v1alpha2"];
 
 /// Any resource Weft reads from users, typed.
+///
+/// Unboxed on purpose: objects are parsed once and kept in a `Vec`; plain variants keep pattern
+/// matching simple for the translator.
 #[derive(Clone, Debug, PartialEq)]
+#[allow(clippy::large_enum_variant)]
 pub enum MeshResource {
     VirtualService(VirtualService),
     DestinationRule(DestinationRule),

@@ -28,10 +28,9 @@ pub fn parse_resource(value: &Value) -> Option<Result<MeshResource, String>> {
     let (group, version) = api_version.split_once('/')?;
 
     let versions = match (group, kind) {
-        (
-            NETWORKING_GROUP,
-            "VirtualService" | "DestinationRule" | "ServiceEntry" | "Gateway",
-        ) => NETWORKING_VERSIONS,
+        (NETWORKING_GROUP, "VirtualService" | "DestinationRule" | "ServiceEntry" | "Gateway") => {
+            NETWORKING_VERSIONS
+        }
         (
             SECURITY_GROUP,
             "PeerAuthentication" | "AuthorizationPolicy" | "RequestAuthentication",
@@ -69,7 +68,8 @@ fn typed<T: DeserializeOwned + Serialize>(value: &Value) -> Result<T, String> {
     // `spec` is required by the generated types; Istio accepts an object without one (`{}`).
     let mut input = value.clone();
     if let Some(obj) = input.as_object_mut() {
-        obj.entry("spec").or_insert_with(|| Value::Object(Default::default()));
+        obj.entry("spec")
+            .or_insert_with(|| Value::Object(Default::default()));
         if obj.get("spec").is_some_and(Value::is_null) {
             obj.insert("spec".into(), Value::Object(Default::default()));
         }

@@ -10,7 +10,9 @@ fn yaml(s: &str) -> Value {
 /// Every schema node must have a type (or preserve-unknown-fields / int-or-string), and no
 /// `anyOf`/`oneOf`/`$ref` may survive: the API server rejects non-structural schemas.
 fn assert_structural(schema: &Value, path: &str) {
-    let obj = schema.as_object().unwrap_or_else(|| panic!("{path}: not an object"));
+    let obj = schema
+        .as_object()
+        .unwrap_or_else(|| panic!("{path}: not an object"));
     for bad in ["$ref", "anyOf", "oneOf", "allOf", "definitions", "$defs"] {
         assert!(!obj.contains_key(bad), "{path}: has {bad}: {schema}");
     }
@@ -37,7 +39,10 @@ fn assert_structural(schema: &Value, path: &str) {
 fn crds_have_all_versions_and_structural_schemas() {
     let crds = all_crds();
     assert_eq!(crds.len(), 7);
-    let names: Vec<_> = crds.iter().filter_map(|c| c.metadata.name.clone()).collect();
+    let names: Vec<_> = crds
+        .iter()
+        .filter_map(|c| c.metadata.name.clone())
+        .collect();
     let mut sorted = names.clone();
     sorted.sort();
     assert_eq!(names, sorted);
@@ -87,7 +92,9 @@ use serde::Deserialize;
 #[test]
 fn weight_minimum_and_http_status_range_in_schema() {
     let vs = serde_json::to_string(&VirtualService::crd()).expect("json");
-    assert!(vs.contains(r#""weight":{"format":"int32","minimum":0"#) || vs.contains(r#""minimum":0"#));
+    assert!(
+        vs.contains(r#""weight":{"format":"int32","minimum":0"#) || vs.contains(r#""minimum":0"#)
+    );
     assert!(vs.contains(r#""maximum":599"#));
     assert!(vs.contains("x-kubernetes-preserve-unknown-fields"));
 }
@@ -119,11 +126,20 @@ spec:
 
 #[test]
 fn parses_virtual_service_any_version() {
-    let r = parse_resource(&yaml(REVIEWS_VS)).expect("mesh kind").expect("valid");
-    let MeshResource::VirtualService(vs) = &r else { panic!("{r:?}") };
+    let r = parse_resource(&yaml(REVIEWS_VS))
+        .expect("mesh kind")
+        .expect("valid");
+    let MeshResource::VirtualService(vs) = &r else {
+        panic!("{r:?}")
+    };
     assert_eq!(r.display_name(), "VirtualService demo/reviews");
     assert_eq!(vs.spec.http.len(), 2);
-    assert_eq!(vs.spec.http[0].matches[0].headers["end-user"].exact.as_deref(), Some("jason"));
+    assert_eq!(
+        vs.spec.http[0].matches[0].headers["end-user"]
+            .exact
+            .as_deref(),
+        Some("jason")
+    );
     assert_eq!(vs.spec.http[1].route[1].weight, Some(50));
     assert_eq!(
         vs.spec.http[1].timeout.as_ref().map(|d| d.parse()),
@@ -194,7 +210,9 @@ spec:
 "#,
     );
     let r = parse_resource(&pa).expect("kind").expect("valid");
-    let MeshResource::PeerAuthentication(pa) = r else { panic!() };
+    let MeshResource::PeerAuthentication(pa) = r else {
+        panic!()
+    };
     assert_eq!(pa.spec.port_level_mtls.len(), 1);
     assert!(pa.spec.port_level_mtls.contains_key(&8080));
 
@@ -212,7 +230,9 @@ spec:
 "#,
     );
     let r = parse_resource(&ap).expect("kind").expect("valid");
-    let MeshResource::AuthorizationPolicy(ap) = r else { panic!() };
+    let MeshResource::AuthorizationPolicy(ap) = r else {
+        panic!()
+    };
     assert_eq!(ap.spec.action, Some(security::AuthorizationAction::Deny));
     assert_eq!(ap.spec.rules.as_ref().map(Vec::len), Some(1));
 
@@ -265,10 +285,20 @@ spec:
 "#,
     );
     let r = parse_resource(&dr).expect("kind").expect("valid");
-    let MeshResource::DestinationRule(dr) = r else { panic!() };
+    let MeshResource::DestinationRule(dr) = r else {
+        panic!()
+    };
     let tp = dr.spec.traffic_policy.expect("tp");
-    assert_eq!(tp.outlier_detection.and_then(|o| o.consecutive_5xx_errors), Some(1));
-    assert!(tp.connection_pool.and_then(|c| c.tcp).and_then(|t| t.tcp_keepalive).is_some());
+    assert_eq!(
+        tp.outlier_detection.and_then(|o| o.consecutive_5xx_errors),
+        Some(1)
+    );
+    assert!(
+        tp.connection_pool
+            .and_then(|c| c.tcp)
+            .and_then(|t| t.tcp_keepalive)
+            .is_some()
+    );
 
     let se = yaml(
         r#"
@@ -328,7 +358,9 @@ spec:
 "#,
     );
     let r = parse_resource(&hr).expect("kind").expect("valid");
-    let MeshResource::HttpRoute(hr) = r else { panic!() };
+    let MeshResource::HttpRoute(hr) = r else {
+        panic!()
+    };
     assert!(hr.spec.parent_refs[0].is_service());
     assert_eq!(hr.spec.rules[0].backend_refs[1].weight, Some(10));
 
@@ -351,7 +383,9 @@ spec:
 fn serialization_round_trips() {
     let v = yaml(REVIEWS_VS);
     let r = parse_resource(&v).expect("kind").expect("valid");
-    let MeshResource::VirtualService(vs) = r else { panic!() };
+    let MeshResource::VirtualService(vs) = r else {
+        panic!()
+    };
     let back = serde_json::to_value(&vs).expect("json");
     assert_eq!(back["spec"], v["spec"]);
     assert_eq!(back["apiVersion"], "networking.istio.io/v1");

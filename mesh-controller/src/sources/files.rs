@@ -22,7 +22,11 @@ pub struct FileProblem {
 
 impl std::fmt::Display for FileProblem {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}: document {}: {}", self.file, self.document, self.message)
+        write!(
+            f,
+            "{}: document {}: {}",
+            self.file, self.document, self.message
+        )
     }
 }
 
@@ -31,14 +35,29 @@ impl std::fmt::Display for FileProblem {
 pub fn parse(file: &str, text: &str) -> Result<Vec<Value>, FileProblem> {
     let mut out = vec![];
     for (i, de) in serde_yaml::Deserializer::from_str(text).enumerate() {
-        let v = serde_yaml::Value::deserialize(de).map_err(|e| FileProblem { file: file.into(), document: i + 1, message: e.to_string() })?;
+        let v = serde_yaml::Value::deserialize(de).map_err(|e| FileProblem {
+            file: file.into(),
+            document: i + 1,
+            message: e.to_string(),
+        })?;
         if v.is_null() {
             continue;
         }
-        let j: Value = serde_json::to_value(&v).map_err(|e| FileProblem { file: file.into(), document: i + 1, message: e.to_string() })?;
+        let j: Value = serde_json::to_value(&v).map_err(|e| FileProblem {
+            file: file.into(),
+            document: i + 1,
+            message: e.to_string(),
+        })?;
         for (field, ptr) in [("kind", "/kind"), ("metadata.name", "/metadata/name")] {
-            if j.pointer(ptr).and_then(Value::as_str).is_none_or(str::is_empty) {
-                return Err(FileProblem { file: file.into(), document: i + 1, message: format!("field `{field}`: Required value") });
+            if j.pointer(ptr)
+                .and_then(Value::as_str)
+                .is_none_or(str::is_empty)
+            {
+                return Err(FileProblem {
+                    file: file.into(),
+                    document: i + 1,
+                    message: format!("field `{field}`: Required value"),
+                });
             }
         }
         out.push(j);
@@ -55,7 +74,11 @@ pub struct FilesSource {
 
 impl FilesSource {
     pub fn new(dir: impl Into<PathBuf>) -> Self {
-        Self { dir: dir.into(), files: BTreeMap::new(), problems: vec![] }
+        Self {
+            dir: dir.into(),
+            files: BTreeMap::new(),
+            problems: vec![],
+        }
     }
 
     pub fn dir(&self) -> &Path {
@@ -70,11 +93,16 @@ impl FilesSource {
         for e in std::fs::read_dir(&self.dir)?.flatten() {
             let p = e.path();
             let ext = p.extension().and_then(|x| x.to_str()).unwrap_or("");
-            let hidden = p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with('.'));
+            let hidden = p
+                .file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with('.'));
             if hidden || !matches!(ext, "yaml" | "yml" | "json") {
                 continue;
             }
-            let Ok(mtime) = e.metadata().and_then(|m| m.modified()) else { continue };
+            let Ok(mtime) = e.metadata().and_then(|m| m.modified()) else {
+                continue;
+            };
             seen.push(p.clone());
             if self.files.get(&p).is_some_and(|(t, _)| *t == mtime) {
                 continue;
@@ -122,7 +150,11 @@ mod tests {
         let mut src = FilesSource::new(&dir);
         assert!(!src.refresh().unwrap());
         let f = dir.join("a.yaml");
-        std::fs::write(&f, "kind: Namespace\nmetadata: {name: a}\n---\nkind: Namespace\nmetadata: {name: b}\n").unwrap();
+        std::fs::write(
+            &f,
+            "kind: Namespace\nmetadata: {name: a}\n---\nkind: Namespace\nmetadata: {name: b}\n",
+        )
+        .unwrap();
         assert!(src.refresh().unwrap());
         assert_eq!(src.model().of("Namespace").count(), 2);
         // A broken version keeps the last good objects and reports file + document.

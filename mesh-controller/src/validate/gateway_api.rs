@@ -7,7 +7,10 @@ use crate::crd::{GRPCRoute, HTTPRoute};
 
 fn parents(parents: &[ParentReference], ns: &str, index: &Index<'_>, sink: &mut Sink<'_>) {
     if parents.is_empty() {
-        sink.unsupported("spec.parentRefs", "a route without parentRefs attaches to nothing");
+        sink.unsupported(
+            "spec.parentRefs",
+            "a route without parentRefs attaches to nothing",
+        );
     }
     for (i, p) in parents.iter().enumerate() {
         let f = format!("spec.parentRefs[{i}]");
@@ -27,7 +30,13 @@ fn parents(parents: &[ParentReference], ns: &str, index: &Index<'_>, sink: &mut 
     }
 }
 
-fn backends(refs: &[HttpBackendRef], ns: &str, field: &str, index: &Index<'_>, sink: &mut Sink<'_>) {
+fn backends(
+    refs: &[HttpBackendRef],
+    ns: &str,
+    field: &str,
+    index: &Index<'_>,
+    sink: &mut Sink<'_>,
+) {
     for (i, b) in refs.iter().enumerate() {
         let f = format!("{field}.backendRefs[{i}]");
         let core = matches!(b.group.as_deref(), None | Some("") | Some("core"));
@@ -70,7 +79,9 @@ fn header_matches(list: &[HttpHeaderMatch], field: &str, sink: &mut Sink<'_>) {
         match h.match_type.as_deref() {
             None | Some("Exact") => {}
             Some("RegularExpression") => check_regex(&h.value, format!("{f}.value"), sink),
-            Some(other) => sink.schema(format!("{f}.type"), format!("unsupported value: {other:?}")),
+            Some(other) => {
+                sink.schema(format!("{f}.type"), format!("unsupported value: {other:?}"))
+            }
         }
     }
 }
@@ -105,14 +116,20 @@ fn filters(list: &[HttpRouteFilter], field: &str, sink: &mut Sink<'_>) {
                 flt.extension_ref.is_some()
             }
             other => {
-                sink.schema(format!("{f}.type"), format!("unsupported filter type {other:?}"));
+                sink.schema(
+                    format!("{f}.type"),
+                    format!("unsupported filter type {other:?}"),
+                );
                 true
             }
         };
         if !present {
             sink.schema(
                 f.clone(),
-                format!("filter type {} requires its matching field", flt.filter_type),
+                format!(
+                    "filter type {} requires its matching field",
+                    flt.filter_type
+                ),
             );
         }
         if let Some(r) = &flt.request_redirect
@@ -155,7 +172,10 @@ pub(crate) fn http_route(hr: &HTTPRoute, index: &Index<'_>, sink: &mut Sink<'_>)
                 match path.match_type.as_deref() {
                     None | Some("PathPrefix") | Some("Exact") => {
                         if !value.starts_with('/') {
-                            sink.schema(format!("{mf}.path.value"), "value must be an absolute path");
+                            sink.schema(
+                                format!("{mf}.path.value"),
+                                "value must be an absolute path",
+                            );
                         }
                     }
                     Some("RegularExpression") => {
@@ -174,9 +194,12 @@ pub(crate) fn http_route(hr: &HTTPRoute, index: &Index<'_>, sink: &mut Sink<'_>)
         backends(&rule.backend_refs, ns, &rf, index, sink);
         if let Some(t) = &rule.timeouts {
             let mut parsed = [None, None];
-            for (k, (name, v)) in [("request", &t.request), ("backendRequest", &t.backend_request)]
-                .into_iter()
-                .enumerate()
+            for (k, (name, v)) in [
+                ("request", &t.request),
+                ("backendRequest", &t.backend_request),
+            ]
+            .into_iter()
+            .enumerate()
             {
                 if let Some(v) = v {
                     match gateway_duration(v) {

@@ -249,7 +249,10 @@ pub(crate) fn virtual_service(vs: &VirtualService, index: &Index<'_>, sink: &mut
         }
     }
     if spec.http.is_empty() && spec.tcp.is_empty() && spec.tls.is_empty() {
-        sink.schema("spec", "http, tcp or tls must be provided in virtual service");
+        sink.schema(
+            "spec",
+            "http, tcp or tls must be provided in virtual service",
+        );
     }
 
     let mut catch_all: Option<usize> = None;
@@ -307,16 +310,25 @@ fn http_rule(rule: &HttpRoute, ns: &str, field: &str, index: &Index<'_>, sink: &
         sink.schema(field, "HTTP route cannot contain both route and redirect");
     }
     if has_route && has_direct {
-        sink.schema(field, "HTTP route cannot contain both route and direct_response");
+        sink.schema(
+            field,
+            "HTTP route cannot contain both route and direct_response",
+        );
     }
     if has_redirect && has_direct {
-        sink.schema(field, "HTTP route cannot contain both redirect and direct_response");
+        sink.schema(
+            field,
+            "HTTP route cannot contain both redirect and direct_response",
+        );
     }
     if !has_route && !has_redirect && !has_direct && rule.delegate.is_none() {
         sink.schema(field, "HTTP route, redirect or direct_response is required");
     }
     if has_redirect && rule.rewrite.is_some() {
-        sink.schema(field, "HTTP route rule cannot contain both rewrite and redirect");
+        sink.schema(
+            field,
+            "HTTP route rule cannot contain both rewrite and redirect",
+        );
     }
     if has_redirect && rule.fault.is_some() {
         sink.schema(field, "HTTP route cannot contain both fault and redirect");
@@ -363,7 +375,11 @@ fn http_rule(rule: &HttpRoute, ns: &str, field: &str, index: &Index<'_>, sink: &
         {
             sink.schema(format!("{rf}.attempts"), "attempts cannot be negative");
         }
-        check_duration(&retries.per_try_timeout, format!("{rf}.perTryTimeout"), sink);
+        check_duration(
+            &retries.per_try_timeout,
+            format!("{rf}.perTryTimeout"),
+            sink,
+        );
         if let Some(on) = &retries.retry_on {
             for policy in on.split(',').map(str::trim) {
                 let known = RETRY_ON.contains(&policy) || policy.parse::<u16>().is_ok();
@@ -379,14 +395,21 @@ fn http_rule(rule: &HttpRoute, ns: &str, field: &str, index: &Index<'_>, sink: &
     if let Some(fault) = &rule.fault {
         let ff = format!("{field}.fault");
         if fault.delay.is_none() && fault.abort.is_none() {
-            sink.schema(ff.clone(), "fault must contain at least one of delay or abort");
+            sink.schema(
+                ff.clone(),
+                "fault must contain at least one of delay or abort",
+            );
         }
         if let Some(delay) = &fault.delay {
             if delay.fixed_delay.is_none() && delay.exponential_delay.is_none() {
                 sink.schema(format!("{ff}.delay"), "delay must specify fixedDelay");
             }
             check_duration(&delay.fixed_delay, format!("{ff}.delay.fixedDelay"), sink);
-            check_percent(&delay.percentage, format!("{ff}.delay.percentage.value"), sink);
+            check_percent(
+                &delay.percentage,
+                format!("{ff}.delay.percentage.value"),
+                sink,
+            );
             if delay.percentage.is_none() && delay.percent.is_none() {
                 fault_without_percentage(&format!("{ff}.delay"), "delayed", sink);
             }
@@ -397,14 +420,17 @@ fn http_rule(rule: &HttpRoute, ns: &str, field: &str, index: &Index<'_>, sink: &
                     format!("{ff}.abort.httpStatus"),
                     format!("invalid abort http status {s}: must be in range 200-599"),
                 ),
-                None if abort.grpc_status.is_none() && abort.http2_error.is_none() => sink
-                    .schema(
-                        format!("{ff}.abort"),
-                        "abort must specify httpStatus, grpcStatus or http2Error",
-                    ),
+                None if abort.grpc_status.is_none() && abort.http2_error.is_none() => sink.schema(
+                    format!("{ff}.abort"),
+                    "abort must specify httpStatus, grpcStatus or http2Error",
+                ),
                 _ => {}
             }
-            check_percent(&abort.percentage, format!("{ff}.abort.percentage.value"), sink);
+            check_percent(
+                &abort.percentage,
+                format!("{ff}.abort.percentage.value"),
+                sink,
+            );
             if abort.percentage.is_none() {
                 fault_without_percentage(&format!("{ff}.abort"), "aborted", sink);
             }
@@ -472,9 +498,7 @@ fn http_match(m: &HttpMatchRequest, field: &str, sink: &mut Sink<'_>) {
             check_string_match(sm, &f, sink);
         }
     }
-    if m.ignore_uri_case == Some(true)
-        && m.uri.as_ref().is_some_and(|u| u.regex.is_some())
-    {
+    if m.ignore_uri_case == Some(true) && m.uri.as_ref().is_some_and(|u| u.regex.is_some()) {
         sink.schema(
             format!("{field}.ignoreUriCase"),
             "ignoreUriCase applies to exact and prefix uri matches only",
@@ -585,9 +609,17 @@ pub(crate) fn destination_rule(dr: &DestinationRule, index: &Index<'_>, sink: &m
             && !index.cluster.pods.is_empty()
         {
             let selectors = [&svc.selector, &subset.labels];
-            if index.cluster.pods_matching(ns_of(svc), &selectors).next().is_none() {
-                let labels: Vec<String> =
-                    subset.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            if index
+                .cluster
+                .pods_matching(ns_of(svc), &selectors)
+                .next()
+                .is_none()
+            {
+                let labels: Vec<String> = subset
+                    .labels
+                    .iter()
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .collect();
                 sink.push(
                     codes::SUBSET_NO_PODS,
                     Severity::Warning,
@@ -669,7 +701,10 @@ fn policy_parts(
     if let Some(lb) = lb {
         let lf = format!("{field}.loadBalancer");
         if lb.simple.is_some() && lb.consistent_hash.is_some() {
-            sink.schema(lf.clone(), "only one of simple or consistentHash can be set");
+            sink.schema(
+                lf.clone(),
+                "only one of simple or consistentHash can be set",
+            );
         }
         if let Some(ch) = &lb.consistent_hash {
             let keys = [
@@ -694,7 +729,10 @@ fn policy_parts(
             }
             if let Some(cookie) = &ch.http_cookie {
                 if cookie.name.is_empty() {
-                    sink.schema(format!("{lf}.consistentHash.httpCookie.name"), "name is required");
+                    sink.schema(
+                        format!("{lf}.consistentHash.httpCookie.name"),
+                        "name is required",
+                    );
                 }
                 if let Some(ttl) = &cookie.ttl
                     && crate::crd::parse_go_duration(ttl).is_none()
@@ -710,7 +748,11 @@ fn policy_parts(
     if let Some(pool) = pool {
         let pf = format!("{field}.connectionPool");
         if let Some(tcp) = &pool.tcp {
-            check_duration(&tcp.connect_timeout, format!("{pf}.tcp.connectTimeout"), sink);
+            check_duration(
+                &tcp.connect_timeout,
+                format!("{pf}.tcp.connectTimeout"),
+                sink,
+            );
             if tcp.max_connections.is_some_and(|n| n < 0) {
                 sink.schema(format!("{pf}.tcp.maxConnections"), "must be >= 0");
             }
@@ -732,7 +774,11 @@ fn policy_parts(
     if let Some(od) = outlier {
         let of = format!("{field}.outlierDetection");
         check_duration(&od.interval, format!("{of}.interval"), sink);
-        check_duration(&od.base_ejection_time, format!("{of}.baseEjectionTime"), sink);
+        check_duration(
+            &od.base_ejection_time,
+            format!("{of}.baseEjectionTime"),
+            sink,
+        );
         check_duration(&od.max_ejection_time, format!("{of}.maxEjectionTime"), sink);
         for (name, v) in [
             ("maxEjectionPercent", od.max_ejection_percent),

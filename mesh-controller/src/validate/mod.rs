@@ -147,9 +147,7 @@ pub fn validate(resources: &[MeshResource], cluster: &ClusterView) -> Vec<Diagno
             MeshResource::ServiceEntry(se) => istio::service_entry(se, &mut sink),
             MeshResource::Gateway(gw) => istio::gateway(gw, &mut sink),
             MeshResource::PeerAuthentication(pa) => security::peer_authentication(pa, &mut sink),
-            MeshResource::AuthorizationPolicy(ap) => {
-                security::authorization_policy(ap, &mut sink)
-            }
+            MeshResource::AuthorizationPolicy(ap) => security::authorization_policy(ap, &mut sink),
             MeshResource::RequestAuthentication(ra) => {
                 security::request_authentication(ra, &mut sink)
             }

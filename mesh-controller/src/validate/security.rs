@@ -18,10 +18,16 @@ fn check_targeting(
 ) {
     let has_refs = target_ref.is_some() || !target_refs.is_empty();
     if selector.is_some() && has_refs {
-        sink.schema("spec.selector", "only one of targetRefs or selector can be set");
+        sink.schema(
+            "spec.selector",
+            "only one of targetRefs or selector can be set",
+        );
     }
     if target_ref.is_some() && !target_refs.is_empty() {
-        sink.schema("spec.targetRef", "only one of targetRef or targetRefs can be set");
+        sink.schema(
+            "spec.targetRef",
+            "only one of targetRef or targetRefs can be set",
+        );
     }
     if target_refs.len() > 16 {
         sink.schema("spec.targetRefs", "at most 16 targetRefs can be set");
@@ -137,7 +143,10 @@ pub(crate) fn authorization_policy(ap: &AuthorizationPolicy, sink: &mut Sink<'_>
             sink.unsupported("spec.action", "CUSTOM (external authorization)");
         }
         (_, Some(_)) => {
-            sink.schema("spec.provider", "provider must only be used with CUSTOM action");
+            sink.schema(
+                "spec.provider",
+                "provider must only be used with CUSTOM action",
+            );
         }
         (AuthorizationAction::Audit, None) => {
             sink.unsupported("spec.action", "AUDIT");
@@ -220,10 +229,7 @@ pub(crate) fn authorization_policy(ap: &AuthorizationPolicy, sink: &mut Sink<'_>
                 );
             }
             if cond.values.is_empty() && cond.not_values.is_empty() {
-                sink.schema(
-                    wf,
-                    "at least one of values or notValues must be set",
-                );
+                sink.schema(wf, "at least one of values or notValues must be set");
             }
         }
     }

@@ -76,12 +76,15 @@ fn vs(http: &str) -> String {
     )
 }
 
+/// `(severity, code, field)` of one expected non-Info diagnostic.
+type Expect = (Severity, &'static str, &'static str);
+
 const E: Severity = Severity::Error;
 const W: Severity = Severity::Warning;
 
 #[test]
 fn table() {
-    let cases: Vec<(&str, String, Vec<(Severity, &str, &str)>)> = vec![
+    let cases: Vec<(&str, String, Vec<Expect>)> = vec![
         (
             "valid split",
             vs("  - route:\n    - {destination: {host: reviews, subset: v1}, weight: 50}\n    - {destination: {host: reviews, subset: v2}, weight: 50}\n"),
@@ -286,7 +289,9 @@ fn table() {
 fn infos_for_unsupported_fields_and_disable() {
     let (main, all) = run(&format!(
         "{}\n---\napiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {{name: p, namespace: demo}}\nspec:\n  mtls: {{mode: DISABLE}}\n",
-        vs("  - route:\n    - {destination: {host: reviews}}\n    corsPolicy: {allowOrigins: [{exact: \"https://a\"}]}\n    mirror: {host: ratings}\n")
+        vs(
+            "  - route:\n    - {destination: {host: reviews}}\n    corsPolicy: {allowOrigins: [{exact: \"https://a\"}]}\n    mirror: {host: ratings}\n"
+        )
     ));
     assert!(main.is_empty(), "{all:#?}");
     let infos: Vec<String> = all.iter().map(ToString::to_string).collect();
@@ -330,9 +335,52 @@ fn no_cluster_data_skips_reference_checks() {
 #[test]
 fn host_resolution() {
     use super::cluster::{host_matches, resolve_host};
-    assert_eq!(resolve_host("reviews", "demo"), "reviews.demo.svc.cluster.local");
-    assert_eq!(resolve_host("reviews.other.svc.cluster.local", "demo"), "reviews.other.svc.cluster.local");
+    assert_eq!(
+        resolve_host("reviews", "demo"),
+        "reviews.demo.svc.cluster.local"
+    );
+    assert_eq!(
+        resolve_host("reviews.other.svc.cluster.local", "demo"),
+        "reviews.other.svc.cluster.local"
+    );
     assert_eq!(resolve_host("www.google.com", "demo"), "www.google.com");
     assert!(host_matches("*.google.com", "www.google.com"));
     assert!(!host_matches("*.google.com", "google.org"));
+}
+
+/// Shapes of Istio's own Bookinfo samples (`samples/bookinfo/networking/`), validated without a
+/// cluster view.
+#[test]
+fn istio_bookinfo_samples() {
+    let samples: [(&str, Vec<(&str, &str)>); 3] = [
+        (
+            // fault-injection-details-v1.yaml: the second rule can never match.
+            "apiVersion: networking.istio.io/v1alpha3\nkind: VirtualService\nmetadata: {name: details}\nspec:\n  hosts: [details]\n  http:\n  - fault:\n      abort:\n        httpStatus: 555\n        percentage: {value: 100.0}\n    route:\n    - destination: {host: details, subset: v1}\n  - route:\n    - destination: {host: details, subset: v1}\n---\napiVersion: networking.istio.io/v1alpha3\nkind: DestinationRule\nmetadata: {name: details}\nspec:\n  host: details\n  subsets:\n  - name: v1\n    labels: {version: v1}\n",
+            vec![("IST0131", "spec.http[1]")],
+        ),
+        (
+            // bookinfo-gateway.yaml: a gateway-bound VS with host "*".
+            "apiVersion: networking.istio.io/v1alpha3\nkind: Gateway\nmetadata: {name: bookinfo-gateway}\nspec:\n  selector: {istio: ingressgateway}\n  servers:\n  - port: {number: 80, name: http, protocol: HTTP}\n    hosts: [\"*\"]\n---\napiVersion: networking.istio.io/v1alpha3\nkind: VirtualService\nmetadata: {name: bookinfo}\nspec:\n  hosts: [\"*\"]\n  gateways: [bookinfo-gateway]\n  http:\n  - match:\n    - uri: {exact: /productpage}\n    - uri: {prefix: /static}\n    route:\n    - destination:\n        host: productpage\n        port: {number: 9080}\n",
+            vec![],
+        ),
+        (
+            // destination-rule-all-mtls.yaml (one of its rules).
+            "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: reviews}\nspec:\n  host: reviews\n  trafficPolicy:\n    tls: {mode: ISTIO_MUTUAL}\n  subsets:\n  - {name: v1, labels: {version: v1}}\n  - {name: v2, labels: {version: v2}}\n  - {name: v3, labels: {version: v3}}\n",
+            vec![],
+        ),
+    ];
+    for (yaml, want) in samples {
+        let mut resources = Vec::new();
+        for doc in serde_yaml::Deserializer::from_str(yaml) {
+            let v = Value::deserialize(doc).expect("yaml");
+            resources.push(parse_resource(&v).expect("kind").expect("valid"));
+        }
+        let got: Vec<(&str, String)> = validate(&resources, &ClusterView::default())
+            .into_iter()
+            .filter(|d| d.severity != Severity::Info)
+            .map(|d| (d.code, d.field))
+            .collect();
+        let want: Vec<(&str, String)> = want.into_iter().map(|(c, f)| (c, f.to_string())).collect();
+        assert_eq!(got, want);
+    }
 }
