@@ -130,14 +130,19 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Analyze { dir } => {
-            use mesh_controller::validate::Severity;
             let (diags, objects) = mesh_controller::validate::analyze_dir(&dir)?;
             for d in &diags {
                 println!("{d}");
             }
             let bad = diags
                 .iter()
-                .filter(|d| matches!(d.severity, Severity::Error | Severity::Warning))
+                .filter(|d| {
+                    matches!(
+                        d.severity,
+                        mesh_controller::validate::Severity::Error
+                            | mesh_controller::validate::Severity::Warning
+                    )
+                })
                 .count();
             if diags.is_empty() {
                 println!(
@@ -177,6 +182,7 @@ async fn run(
         .with_context(|| format!("reading {}", src.dir().display()))?;
     let model = std::sync::Arc::new(std::sync::RwLock::new(src.model()));
     hub.update(translate::all_nodes(&src.model(), &td));
+    let mut reported = report_diagnostics(&src.model(), &std::collections::BTreeSet::new());
     let ca_server = mesh_controller::ca::CaServer {
         ca: std::sync::Arc::new(ca),
         model: model.clone(),
@@ -217,6 +223,7 @@ async fn run(
             }
             let m = src.model();
             h.update(translate::all_nodes(&m, &td));
+            reported = report_diagnostics(&m, &reported);
             *model.write().unwrap_or_else(|p| p.into_inner()) = m;
         }
     });
@@ -237,6 +244,28 @@ async fn run(
         })
         .await
         .with_context(|| format!("serving the config stream on {listen}"))
+}
+
+/// Logs validation findings of the current model that were not reported before (files mode: the
+/// logs and `analyze` are where they show; status conditions come with the Kubernetes source).
+fn report_diagnostics(
+    model: &mesh_controller::model::Model,
+    before: &std::collections::BTreeSet<String>,
+) -> std::collections::BTreeSet<String> {
+    let now: std::collections::BTreeSet<String> = mesh_controller::validate::validate_model(model)
+        .iter()
+        .map(|d| d.to_string())
+        .collect();
+    for d in now.difference(before) {
+        if d.starts_with("Error") {
+            tracing::error!("{d}");
+        } else if d.starts_with("Warn") {
+            tracing::warn!("{d}");
+        } else {
+            tracing::info!("{d}");
+        }
+    }
+    now
 }
 
 async fn proxy_status(admin: SocketAddr, json: bool) -> anyhow::Result<()> {

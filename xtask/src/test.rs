@@ -48,7 +48,11 @@ pub fn run(args: TestArgs) -> anyhow::Result<()> {
     // One build of every binary, shared by the test steps below (the lab runs them).
     steps.push(("build", vec!["build", "--bins"], vec![]));
     // Checked-in generated files (deploy/crds/) match the code.
-    steps.push(("generated files", vec!["xtask", "codegen", "--check"], vec![]));
+    steps.push((
+        "generated files",
+        vec!["xtask", "codegen", "--check"],
+        vec![],
+    ));
     // Unit, in-process integration and privileged (root: netns, cgroups, eBPF) tests.
     steps.push(("unit + privileged tests", vec!["test"], vec![]));
     // Lab end-to-end tests share one lab at a time: one test thread.

@@ -161,3 +161,38 @@ pub fn validate(resources: &[MeshResource], cluster: &ClusterView) -> Vec<Diagno
 
 #[cfg(test)]
 mod tests;
+
+/// Validates every mesh resource of a model (the running controller's view, whatever its source):
+/// parse errors and semantic findings, one diagnostic each.
+pub fn validate_model(model: &crate::model::Model) -> Vec<Diagnostic> {
+    let mut cluster = ClusterView::default();
+    let mut resources = vec![];
+    let mut out = vec![];
+    for objs in model.objects.values() {
+        for v in objs.values() {
+            cluster.add_object(v);
+            match crate::crd::parse_resource(v) {
+                Some(Ok(r)) => resources.push(r),
+                Some(Err(message)) => out.push(Diagnostic {
+                    code: codes::SCHEMA,
+                    severity: Severity::Error,
+                    object: format!(
+                        "{} {}/{}",
+                        v.get("kind").and_then(|k| k.as_str()).unwrap_or("?"),
+                        v.pointer("/metadata/namespace")
+                            .and_then(|k| k.as_str())
+                            .unwrap_or("default"),
+                        v.pointer("/metadata/name")
+                            .and_then(|k| k.as_str())
+                            .unwrap_or("?")
+                    ),
+                    field: String::new(),
+                    message,
+                }),
+                None => {}
+            }
+        }
+    }
+    out.extend(validate(&resources, &cluster));
+    out
+}
