@@ -10,6 +10,7 @@
 //! - [`crd`]: the resources users apply (Istio, Gateway API) with CRD generation.
 //! - [`validate`]: semantic checks with Istio's wording (`mesh-controller analyze`).
 pub mod admin;
+pub mod bench;
 pub mod ca;
 pub mod crd;
 pub mod model;

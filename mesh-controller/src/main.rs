@@ -66,6 +66,18 @@ enum Command {
         #[arg(short = 'f', long = "filename")]
         dir: PathBuf,
     },
+    /// Config-stream scale benchmark (used by `cargo xtask bench control-plane`).
+    #[command(hide = true)]
+    Bench {
+        #[arg(long, default_value_t = 10_000)]
+        pods: usize,
+        #[arg(long, default_value_t = 1_000)]
+        services: usize,
+        #[arg(long, default_value_t = 100)]
+        nodes: usize,
+        #[arg(long, default_value_t = 20)]
+        rounds: usize,
+    },
     /// Print the CustomResourceDefinitions of the Istio APIs Weft serves (deploy/crds/).
     Crds,
     /// Per node: last config version sent, last acknowledged, NACK reason, age.
@@ -125,6 +137,23 @@ fn main() -> anyhow::Result<()> {
             ))
         }
         Command::ProxyStatus { admin, json } => rt.block_on(proxy_status(admin, json)),
+        Command::Bench {
+            pods,
+            services,
+            nodes,
+            rounds,
+        } => {
+            let table = rt.block_on(mesh_controller::bench::run(
+                mesh_controller::bench::BenchArgs {
+                    pods,
+                    services,
+                    nodes,
+                    rounds,
+                },
+            ))?;
+            print!("{table}");
+            Ok(())
+        }
         Command::Crds => {
             print!("{}", mesh_controller::crd::crds_yaml());
             Ok(())

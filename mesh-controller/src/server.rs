@@ -150,7 +150,10 @@ impl Hub {
             version: version.clone(),
             nonce: format!("{version}-{node}-s{id}"),
             snapshot: true,
-            resources: snapshot.values().cloned().collect(),
+            resources: snapshot
+                .values()
+                .map(|r| mesh_common::proto::config::Resource::clone(r))
+                .collect(),
             removed: vec![],
         };
         let _ = tx.try_send(Ok(update));

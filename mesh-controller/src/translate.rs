@@ -1,6 +1,6 @@
 //! Pure translation: the model → exactly what one node needs (its workloads with the mesh decision
 //! made, and the services with their endpoints), as named config-stream resources. Table-tested.
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, sync::Arc};
 
 use mesh_common::proto::config::{
     Endpoint, Resource, Service, ServicePort, Workload, resource::Kind,
@@ -15,8 +15,9 @@ pub const EXCLUDE_OUT_PORTS: &str = "weft.dev/exclude-outbound-ports";
 pub const EXCLUDE_IN_PORTS: &str = "weft.dev/exclude-inbound-ports";
 pub const EXCLUDE_OUT_CIDRS: &str = "weft.dev/exclude-outbound-cidrs";
 
-/// One node's config: resources by name.
-pub type NodeConfig = BTreeMap<String, Resource>;
+/// One node's config: resources by name. Shared (`Arc`): every node references the same service
+/// resources, so memory does not grow with nodes × services.
+pub type NodeConfig = BTreeMap<String, Arc<Resource>>;
 
 fn ports(s: Option<&String>) -> Vec<u32> {
     s.map(|s| {
@@ -77,14 +78,27 @@ pub fn workload(model: &Model, pod: &Pod, trust_domain: &str) -> Option<Workload
 /// Every node's config, computed once per model change.
 pub fn all_nodes(model: &Model, trust_domain: &str) -> BTreeMap<String, NodeConfig> {
     let pods = model.pods();
-    let mut services: Vec<Resource> = vec![];
+    // Index running pods by (namespace, label, value): a selector only scans the pods of its first
+    // label instead of every pod.
+    let mut by_label: std::collections::HashMap<(&str, &str, &str), Vec<&Pod>> =
+        std::collections::HashMap::new();
+    for p in pods.iter().filter(|p| p.running && p.ip.is_some()) {
+        for (k, v) in &p.labels {
+            by_label
+                .entry((p.namespace.as_str(), k.as_str(), v.as_str()))
+                .or_default()
+                .push(p);
+        }
+    }
+    let mut services: Vec<Arc<Resource>> = vec![];
     for svc in model.services() {
         let mut endpoints = vec![];
-        if !svc.selector.is_empty() {
-            for p in pods
-                .iter()
-                .filter(|p| p.namespace == svc.namespace && p.running && p.ip.is_some())
-            {
+        if let Some((k0, v0)) = svc.selector.iter().next() {
+            let candidates = by_label
+                .get(&(svc.namespace.as_str(), k0.as_str(), v0.as_str()))
+                .map(Vec::as_slice)
+                .unwrap_or(&[]);
+            for p in candidates {
                 if !svc.selector.iter().all(|(k, v)| p.labels.get(k) == Some(v)) {
                     continue;
                 }
@@ -108,7 +122,7 @@ pub fn all_nodes(model: &Model, trust_domain: &str) -> BTreeMap<String, NodeConf
         }
         endpoints.sort_by(|a, b| a.workload_uid.cmp(&b.workload_uid));
         let name = format!("service/{}/{}", svc.namespace, svc.name);
-        services.push(Resource {
+        services.push(Arc::new(Resource {
             name,
             kind: Some(Kind::Service(Service {
                 hostname: format!("{}.{}.svc.cluster.local", svc.name, svc.namespace),
@@ -131,7 +145,7 @@ pub fn all_nodes(model: &Model, trust_domain: &str) -> BTreeMap<String, NodeConf
                 name: svc.name,
                 namespace: svc.namespace,
             })),
-        });
+        }));
     }
     let mut out: BTreeMap<String, NodeConfig> = BTreeMap::new();
     for node in model
@@ -145,15 +159,19 @@ pub fn all_nodes(model: &Model, trust_domain: &str) -> BTreeMap<String, NodeConf
             out.entry(p.node.clone()).or_default();
         }
     }
+    let mut pods_by_node: BTreeMap<&str, Vec<&Pod>> = BTreeMap::new();
+    for p in &pods {
+        pods_by_node.entry(p.node.as_str()).or_default().push(p);
+    }
     for (node, cfg) in out.iter_mut() {
-        for p in pods.iter().filter(|p| &p.node == node) {
+        for p in pods_by_node.get(node.as_str()).into_iter().flatten() {
             if let Some(w) = workload(model, p, trust_domain) {
                 cfg.insert(
                     format!("workload/{}", w.uid),
-                    Resource {
+                    Arc::new(Resource {
                         name: format!("workload/{}", w.uid),
                         kind: Some(Kind::Workload(w)),
-                    },
+                    }),
                 );
             }
         }
@@ -168,8 +186,9 @@ pub fn all_nodes(model: &Model, trust_domain: &str) -> BTreeMap<String, NodeConf
 pub fn diff(old: &NodeConfig, new: &NodeConfig) -> (Vec<Resource>, Vec<String>) {
     let upserts = new
         .iter()
-        .filter(|(k, v)| old.get(*k) != Some(*v))
-        .map(|(_, v)| v.clone())
+        // Same allocation ⇒ unchanged without a deep compare (services are shared across nodes).
+        .filter(|(k, v)| !old.get(*k).is_some_and(|o| Arc::ptr_eq(o, v) || o == *v))
+        .map(|(_, v)| Resource::clone(v))
         .collect();
     let removed = old
         .keys()

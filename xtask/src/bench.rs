@@ -25,6 +25,21 @@ pub enum BenchCommand {
     /// Capture cost: latency, connection rate and throughput for direct / Weft / Weft fast path /
     /// iptables REDIRECT.
     Capture(CaptureArgs),
+    /// Config-stream scale: 10 000 pods, 1 000 services, 100 agent streams; change → all affected
+    /// agents ACKed (p50/p99), bytes per change, controller RSS and CPU.
+    ControlPlane(ControlPlaneArgs),
+}
+
+#[derive(clap::Args)]
+pub struct ControlPlaneArgs {
+    #[arg(long, default_value_t = 10_000)]
+    pods: usize,
+    #[arg(long, default_value_t = 1_000)]
+    services: usize,
+    #[arg(long, default_value_t = 100)]
+    nodes: usize,
+    #[arg(long, default_value_t = 20)]
+    rounds: usize,
 }
 
 #[derive(clap::Args)]
@@ -120,6 +135,31 @@ const LABELS: [&str; 4] = [
 pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
     match cmd {
         BenchCommand::Capture(a) => capture(a),
+        BenchCommand::ControlPlane(a) => {
+            util::run(util::cargo().args([
+                "build",
+                "--quiet",
+                "--release",
+                "-p",
+                "mesh-controller",
+            ]))?;
+            util::run(
+                Command::new(util::target_dir().join("release/mesh-controller"))
+                    .args(["bench", "--log", "warn"])
+                    .args([
+                        "--pods",
+                        &a.pods.to_string(),
+                        "--services",
+                        &a.services.to_string(),
+                    ])
+                    .args([
+                        "--nodes",
+                        &a.nodes.to_string(),
+                        "--rounds",
+                        &a.rounds.to_string(),
+                    ]),
+            )
+        }
     }
 }
 
