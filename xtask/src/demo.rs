@@ -39,13 +39,74 @@ pub fn run() -> anyhow::Result<()> {
         .clone();
     wait_ready(&lab, &client)?;
 
-    println!(
-        "== {REQUESTS} requests: client → frontend (ClusterIP) → backend (ClusterIP), a new connection each"
-    );
-    let out = client_json(
+    round(
         &lab,
         &client,
-        &[
+        "client → frontend (ClusterIP) → backend (ClusterIP), a new connection each",
+    )?;
+
+    println!(
+        "== putting namespace demo in the mesh: examples/mesh/ (annotation weft.dev/mesh: enabled)"
+    );
+    let uids: Vec<String> = st
+        .pods
+        .values()
+        .filter(|p| p.namespace == "demo")
+        .map(|p| p.uid.clone())
+        .collect();
+    lab::apply(&lab, &[util::workspace_root().join("examples/mesh")])?;
+    wait_enrolled(&lab, uids.len())?;
+    let after: Vec<String> = lab::state(&lab)?
+        .pods
+        .values()
+        .filter(|p| p.namespace == "demo")
+        .map(|p| p.uid.clone())
+        .collect();
+    if after != uids {
+        bail!("pods were restarted when the namespace joined the mesh");
+    }
+    println!(
+        "   {} pods enrolled by the node agents, none restarted",
+        uids.len()
+    );
+    let before = capture_stats(&lab)?;
+    round(
+        &lab,
+        &client,
+        "the same traffic, now captured by eBPF and relayed by each node's proxy",
+    )?;
+    let now = capture_stats(&lab)?;
+    println!(
+        "  {:<8} {:>22} {:>22}",
+        "NODE", "OUTBOUND REDIRECTED", "INBOUND STEERED"
+    );
+    for (node, (o, i)) in &now {
+        let (o0, i0) = before.get(node).copied().unwrap_or((0, 0));
+        println!("  {:<8} {:>22} {:>22}", node, o - o0, i - i0);
+    }
+    let total: u64 = now
+        .iter()
+        .map(|(n, (o, _))| o - before.get(n).map(|b| b.0).unwrap_or(0))
+        .sum();
+    if total < 2 * u64::from(REQUESTS) {
+        bail!("only {total} connections went through the node proxies for {REQUESTS} requests");
+    }
+    println!(
+        "new connections of meshed pods went through their node's proxy (no iptables, no restart); connections opened before enrolment (the frontend's pooled backend connections) stay direct, as designed."
+    );
+    println!(
+        "explore: cargo xtask lab status | cargo xtask lab exec {client} -n demo -- curl -s http://backend:8080/"
+    );
+    println!("clean up: cargo xtask lab down");
+    Ok(())
+}
+
+/// One round of demo traffic with the per-backend table; fails unless it spread over every backend
+/// pod on both nodes.
+fn round(lab: &Lab, client: &str, what: &str) -> anyhow::Result<()> {
+    println!("== {what}");
+    let args = |url: &'static str| -> Vec<String> {
+        [
             "-n",
             &REQUESTS.to_string(),
             "-c",
@@ -53,18 +114,47 @@ pub fn run() -> anyhow::Result<()> {
             "-H",
             "connection: close",
             "--json",
-            "http://frontend:8080/",
-        ],
+            url,
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+    };
+    // Two tiers: client → frontend → backend (the frontend pools its backend connections).
+    let tiers = client_json(
+        lab,
+        client,
+        &args("http://frontend:8080/")
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>(),
     )?;
-    let ok = out["status"]["200"].as_u64().unwrap_or(0);
-    println!(
-        "   {ok}/{} answered 200; latency p50 {:.2} ms, p99 {:.2} ms; errors {}",
-        out["total"],
-        out["latency_ms"]["p50"].as_f64().unwrap_or(0.0),
-        out["latency_ms"]["p99"].as_f64().unwrap_or(0.0),
-        out["errors"]
-    );
-    let served: BTreeMap<String, u64> = out["upstream_pods"]
+    // Spread: client → backend, a new connection per request (kube-proxy balances per connection).
+    let direct = client_json(
+        lab,
+        client,
+        &args("http://backend:8080/")
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>(),
+    )?;
+    for (label, out) in [
+        ("client → frontend → backend", &tiers),
+        ("client → backend", &direct),
+    ] {
+        println!(
+            "   {label}: {}/{} answered 200; latency p50 {:.2} ms, p99 {:.2} ms; errors {}",
+            out["status"]["200"].as_u64().unwrap_or(0),
+            out["total"],
+            out["latency_ms"]["p50"].as_f64().unwrap_or(0.0),
+            out["latency_ms"]["p99"].as_f64().unwrap_or(0.0),
+            out["errors"]
+        );
+    }
+    let all_ok = [&tiers, &direct]
+        .iter()
+        .all(|o| o["status"]["200"].as_u64() == Some(u64::from(REQUESTS)));
+    let served: BTreeMap<String, u64> = direct["pods"]
         .as_object()
         .map(|m| {
             m.iter()
@@ -72,12 +162,12 @@ pub fn run() -> anyhow::Result<()> {
                 .collect()
         })
         .unwrap_or_default();
-
     println!();
     println!(
         "  {:<32} {:<8} {:<8} {:>8}",
         "BACKEND POD", "NODE", "VERSION", "REQUESTS"
     );
+    let st = lab::state(lab)?;
     let mut nodes_serving = std::collections::BTreeSet::new();
     let mut all_served = true;
     for p in st
@@ -95,20 +185,65 @@ pub fn run() -> anyhow::Result<()> {
         println!("  {:<32} {:<8} {:<8} {:>8}", p.name, p.node, version, n);
     }
     println!();
-    if ok != u64::from(REQUESTS) || !all_served || nodes_serving.len() < 2 {
+    if !all_ok || !all_served || nodes_serving.len() < 2 {
         bail!(
-            "the demo traffic did not spread over every backend pod on both nodes (see the table)"
+            "the demo traffic failed or did not spread over every backend pod on both nodes (see above)"
         );
     }
     println!(
-        "every backend pod served traffic, on {} nodes.",
+        "every backend pod served traffic, on {} nodes.\n",
         nodes_serving.len()
     );
-    println!(
-        "explore: cargo xtask lab status | cargo xtask lab exec {client} -n demo -- curl -s http://backend:8080/"
-    );
-    println!("clean up: cargo xtask lab down");
     Ok(())
+}
+
+/// Per node: (connects redirected to the proxy, inbound connections steered to it).
+fn capture_stats(lab: &Lab) -> anyhow::Result<BTreeMap<String, (u64, u64)>> {
+    let st = lab::state(lab)?;
+    let mut out = BTreeMap::new();
+    for n in &st.nodes {
+        let text = util::output(
+            std::process::Command::new(st.bin_dir.join("mesh-agent"))
+                .args(["bpf", "stats", "--json", "--node", &n.name]),
+        )?;
+        let v: serde_json::Value = serde_json::from_str(&text)?;
+        out.insert(
+            n.name.clone(),
+            (
+                v["connect_redirected"].as_u64().unwrap_or(0),
+                v["lookup_steered"].as_u64().unwrap_or(0),
+            ),
+        );
+    }
+    Ok(out)
+}
+
+/// Waits (bounded) until the agents enrolled `n` demo pods.
+fn wait_enrolled(lab: &Lab, n: usize) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let st = lab::state(lab)?;
+        let enrolled: usize = st
+            .nodes
+            .iter()
+            .filter_map(|node| {
+                std::fs::read(lab.agent_state_dir(&node.name).join("pods.json")).ok()
+            })
+            .filter_map(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+            .map(|v| {
+                v.as_array()
+                    .map(|a| a.iter().filter(|p| p["namespace"] == "demo").count())
+                    .unwrap_or(0)
+            })
+            .sum();
+        if enrolled >= n {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("only {enrolled}/{n} demo pods were enrolled within 20 s");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 fn client_json(lab: &Lab, client: &str, args: &[&str]) -> anyhow::Result<serde_json::Value> {
