@@ -9,7 +9,8 @@ use crate::{setup, util};
 
 #[derive(clap::Args)]
 pub struct TestArgs {
-    /// Skip fmt and clippy (for quick local iterations; CI runs everything).
+    /// Leave out fmt, clippy and deny, loudly (quick local iterations;
+    /// CI never uses it). Tests themselves are never left out.
     #[arg(long)]
     pub no_lint: bool,
 }
@@ -25,7 +26,11 @@ pub fn run(args: TestArgs) -> anyhow::Result<()> {
     util::require_root("`cargo xtask test` (privileged and lab tests)")?;
     setup::run(setup::Mode::Ensure)?;
     let mut steps: Vec<Step> = vec![];
-    if !args.no_lint {
+    if args.no_lint {
+        eprintln!(
+            "NOTE: --no-lint: fmt, clippy and deny are NOT run; this is not a full check (CI never passes --no-lint)"
+        );
+    } else {
         steps.push(("fmt", vec!["fmt", "--all", "--", "--check"], vec![]));
         steps.push((
             "clippy",
