@@ -210,7 +210,11 @@ async fn run(
     src.refresh()
         .with_context(|| format!("reading {}", src.dir().display()))?;
     let model = std::sync::Arc::new(std::sync::RwLock::new(src.model()));
-    hub.update(translate::all_nodes(&src.model(), &td));
+    let bundle = translate::trust_bundle(&td, vec![ca.root_pem().to_string()]);
+    hub.update(translate::with_trust_bundle(
+        translate::all_nodes(&src.model(), &td),
+        &bundle,
+    ));
     let mut reported = report_diagnostics(&src.model(), &std::collections::BTreeSet::new());
     let ca_server = mesh_controller::ca::CaServer {
         ca: std::sync::Arc::new(ca),
@@ -251,7 +255,10 @@ async fn run(
                 }
             }
             let m = src.model();
-            h.update(translate::all_nodes(&m, &td));
+            h.update(translate::with_trust_bundle(
+                translate::all_nodes(&m, &td),
+                &bundle,
+            ));
             reported = report_diagnostics(&m, &reported);
             *model.write().unwrap_or_else(|p| p.into_inner()) = m;
         }

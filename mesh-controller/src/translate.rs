@@ -3,7 +3,7 @@
 use std::{collections::BTreeMap, sync::Arc};
 
 use mesh_common::proto::config::{
-    Endpoint, Resource, Service, ServicePort, Workload, resource::Kind,
+    Endpoint, Resource, Service, ServicePort, TrustBundle, Workload, resource::Kind,
 };
 
 use crate::model::{Model, Pod};
@@ -14,6 +14,8 @@ pub const FAST_PATH: &str = "weft.dev/fast-path";
 pub const EXCLUDE_OUT_PORTS: &str = "weft.dev/exclude-outbound-ports";
 pub const EXCLUDE_IN_PORTS: &str = "weft.dev/exclude-inbound-ports";
 pub const EXCLUDE_OUT_CIDRS: &str = "weft.dev/exclude-outbound-cidrs";
+/// Name of the trust bundle resource.
+pub const TRUST_BUNDLE: &str = "trust-bundle";
 
 /// One node's config: resources by name. Shared (`Arc`): every node references the same service
 /// resources, so memory does not grow with nodes × services.
@@ -180,6 +182,28 @@ pub fn all_nodes(model: &Model, trust_domain: &str) -> BTreeMap<String, NodeConf
         }
     }
     out
+}
+
+/// The trust bundle resource every node receives (the CA's roots).
+pub fn trust_bundle(trust_domain: &str, roots_pem: Vec<String>) -> Arc<Resource> {
+    Arc::new(Resource {
+        name: TRUST_BUNDLE.into(),
+        kind: Some(Kind::TrustBundle(TrustBundle {
+            trust_domain: trust_domain.into(),
+            roots_pem,
+        })),
+    })
+}
+
+/// Adds the (shared) trust bundle to every node's config.
+pub fn with_trust_bundle(
+    mut configs: BTreeMap<String, NodeConfig>,
+    bundle: &Arc<Resource>,
+) -> BTreeMap<String, NodeConfig> {
+    for cfg in configs.values_mut() {
+        cfg.insert(TRUST_BUNDLE.into(), bundle.clone());
+    }
+    configs
 }
 
 /// What changed between two configs of a node: (upserted resources, removed names).
