@@ -126,7 +126,7 @@ pub async fn run(a: BenchArgs) -> anyhow::Result<String> {
     let t0 = Instant::now();
     let mut model = base_model(&a);
     let setup_s = t0.elapsed().as_secs_f64();
-    let hub = Hub::new(None);
+    let hub = Hub::new(std::sync::Arc::new(crate::auth::NodeAuth::Insecure));
     let cpu0 = cpu_s();
     let t = Instant::now();
     hub.update(translate::all_nodes(&model, "cluster.local"));

@@ -5,11 +5,7 @@
 //! node (files mode: the node's bootstrap token as `authorization: Bearer …`). Every refusal is logged
 //! with the caller, its node and the requested identity. The root comes from `--ca-dir`
 //! (`root-cert.pem`, `root-key.pem`) and is generated there (ECDSA P-256, 10 years) when absent.
-use std::{
-    path::Path,
-    sync::{Arc, RwLock},
-    time::Duration,
-};
+use std::{path::Path, sync::Arc, time::Duration};
 
 use mesh_common::proto::ca::{
     IstioCertificateRequest, IstioCertificateResponse,
@@ -80,49 +76,37 @@ pub fn parse_spiffe(uri: &str, trust_domain: &str) -> Result<SpiffeId, String> {
 }
 
 impl Ca {
-    /// Loads the root from `dir`, generating it on first start.
+    /// Loads the root from `dir` (`root-cert.pem`, `root-key.pem`), generating it on first start.
     pub fn load_or_generate(dir: &Path, trust_domain: &str) -> Result<Self, CaError> {
         let ferr = |m: String| CaError::Files {
             dir: dir.display().to_string(),
             message: m,
         };
         let (cert_path, key_path) = (dir.join("root-cert.pem"), dir.join("root-key.pem"));
-        let (root_pem, key) = if cert_path.exists() && key_path.exists() {
-            let cert = std::fs::read_to_string(&cert_path).map_err(|e| ferr(e.to_string()))?;
-            let key = KeyPair::from_pem(
-                &std::fs::read_to_string(&key_path).map_err(|e| ferr(e.to_string()))?,
+        let (cert, key) = if cert_path.exists() && key_path.exists() {
+            (
+                std::fs::read_to_string(&cert_path).map_err(|e| ferr(e.to_string()))?,
+                std::fs::read_to_string(&key_path).map_err(|e| ferr(e.to_string()))?,
             )
-            .map_err(|e| ferr(format!("root-key.pem: {e}")))?;
-            (cert, key)
         } else {
             std::fs::create_dir_all(dir).map_err(|e| ferr(e.to_string()))?;
-            let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
-                .map_err(|e| ferr(e.to_string()))?;
-            let mut params = CertificateParams::default();
-            let mut dn = DistinguishedName::new();
-            dn.push(DnType::OrganizationName, format!("weft {trust_domain}"));
-            dn.push(DnType::CommonName, "weft root CA");
-            params.distinguished_name = dn;
-            params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-            params.key_usages = vec![
-                KeyUsagePurpose::KeyCertSign,
-                KeyUsagePurpose::CrlSign,
-                KeyUsagePurpose::DigitalSignature,
-            ];
-            params.not_before = time::OffsetDateTime::now_utc() - time::Duration::hours(1);
-            params.not_after = time::OffsetDateTime::now_utc() + time::Duration::days(3650);
-            let cert = params.self_signed(&key).map_err(|e| ferr(e.to_string()))?;
-            let pem = cert.pem();
-            std::fs::write(&cert_path, &pem).map_err(|e| ferr(e.to_string()))?;
-            write_private(&key_path, &key.serialize_pem()).map_err(|e| ferr(e.to_string()))?;
+            let (cert, key) = generate_root(trust_domain).map_err(ferr)?;
+            std::fs::write(&cert_path, &cert).map_err(|e| ferr(e.to_string()))?;
+            write_private(&key_path, &key).map_err(|e| ferr(e.to_string()))?;
             info!(dir = %dir.display(), "generated a new root CA");
-            (pem, key)
+            (cert, key)
         };
-        let issuer = Issuer::from_ca_cert_pem(&root_pem, key)
-            .map_err(|e| ferr(format!("root-cert.pem: {e}")))?;
+        Self::from_pem(&cert, &key, trust_domain).map_err(ferr)
+    }
+
+    /// A CA from a PEM certificate and key (a file pair or the `weft-ca` Secret).
+    pub fn from_pem(cert_pem: &str, key_pem: &str, trust_domain: &str) -> Result<Self, String> {
+        let key = KeyPair::from_pem(key_pem).map_err(|e| format!("root key: {e}"))?;
+        let issuer = Issuer::from_ca_cert_pem(cert_pem, key)
+            .map_err(|e| format!("root certificate: {e}"))?;
         Ok(Self {
             issuer,
-            root_pem,
+            root_pem: cert_pem.to_string(),
             trust_domain: trust_domain.into(),
             default_ttl: Duration::from_secs(24 * 3600),
             max_ttl: Duration::from_secs(24 * 3600),
@@ -201,6 +185,26 @@ impl Ca {
     }
 }
 
+/// A new self-signed ECDSA P-256 root (10 years): (certificate PEM, key PEM).
+pub fn generate_root(trust_domain: &str) -> Result<(String, String), String> {
+    let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(|e| e.to_string())?;
+    let mut params = CertificateParams::default();
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::OrganizationName, format!("weft {trust_domain}"));
+    dn.push(DnType::CommonName, "weft root CA");
+    params.distinguished_name = dn;
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    params.not_before = time::OffsetDateTime::now_utc() - time::Duration::hours(1);
+    params.not_after = time::OffsetDateTime::now_utc() + time::Duration::days(3650);
+    let cert = params.self_signed(&key).map_err(|e| e.to_string())?;
+    Ok((cert.pem(), key.serialize_pem()))
+}
+
 fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
     use std::{io::Write as _, os::unix::fs::OpenOptionsExt as _};
     let mut f = std::fs::OpenOptions::new()
@@ -236,9 +240,8 @@ pub fn authorize(model: &Model, node: &str, id: &SpiffeId) -> Result<(), String>
 /// The gRPC service: authenticates the node, authorizes the identity, signs.
 pub struct CaServer {
     pub ca: Arc<Ca>,
-    pub model: Arc<RwLock<Model>>,
-    /// token → node
-    pub nodes_by_token: std::collections::BTreeMap<String, String>,
+    pub store: Arc<crate::model::Store>,
+    pub auth: Arc<crate::auth::NodeAuth>,
 }
 
 #[tonic::async_trait]
@@ -264,14 +267,17 @@ impl IstioCertificateService for CaServer {
             .as_ref()
             .map(|(_, id)| id.to_string())
             .unwrap_or_else(|e| format!("<{e}>"));
-        let Some(node) = self.nodes_by_token.get(&token).cloned() else {
-            warn!(
-                caller,
-                node = "?",
-                identity = requested,
-                "certificate refused: bad or missing node token"
-            );
-            return Err(Status::unauthenticated("bad or missing node token"));
+        let node = match self.auth.node_of(&token).await {
+            Ok(node) => node,
+            Err(e) => {
+                warn!(
+                    caller,
+                    node = "?",
+                    identity = requested,
+                    "certificate refused: {e}"
+                );
+                return Err(Status::unauthenticated(e.to_string()));
+            }
         };
         let (csr, id) = identity.map_err(|e| {
             warn!(
@@ -282,10 +288,7 @@ impl IstioCertificateService for CaServer {
             );
             Status::invalid_argument(e.to_string())
         })?;
-        let decision = {
-            let m = self.model.read().unwrap_or_else(|p| p.into_inner());
-            authorize(&m, &node, &id)
-        };
+        let decision = self.store.read(|m| authorize(m, &node, &id));
         if let Err(reason) = decision {
             warn!(caller, node, identity = %id, "certificate refused: {reason}");
             return Err(Status::permission_denied(reason));

@@ -3,6 +3,7 @@ use std::{
     collections::BTreeMap,
     net::SocketAddr,
     path::PathBuf,
+    sync::Arc,
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
@@ -11,14 +12,17 @@ use clap::{Parser, Subcommand};
 use mesh_common::proto::config::config_service_server::ConfigServiceServer;
 use mesh_controller::{
     admin,
+    auth::{NodeAuth, TokenReviewAuth},
+    model::Store,
     server::{ConfigServer, Hub, NodeStatus},
     sources::files::FilesSource,
     translate,
 };
 use tracing::info;
 
-/// Weft's cluster controller: watches the cluster (today: a directory of Kubernetes YAML) and streams
-/// each node agent exactly the config its node needs.
+/// Weft's cluster controller: watches the cluster (the Kubernetes API or a directory of YAML), streams
+/// each node agent exactly the config its node needs, and signs the workload certificates of the
+/// pods on the calling agent's node.
 #[derive(Parser)]
 #[command(version, about, long_about = None)]
 struct Cli {
@@ -31,20 +35,33 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the controller in files mode: watch DIR, serve the config stream.
+    /// Run the controller: watch the cluster (`--source kube`) or a directory of YAML (`--files DIR`),
+    /// serve the config stream and the certificate service.
     Run {
+        /// Where the cluster comes from: `files` (a directory of YAML, `--files`) or `kube` (the
+        /// Kubernetes API: in-cluster config, else KUBECONFIG / ~/.kube/config).
+        #[arg(long, value_enum, default_value = "files")]
+        source: SourceKind,
         /// Directory of Kubernetes YAML (the lab's cluster view, or what you would `kubectl apply`).
-        #[arg(long)]
-        files: PathBuf,
+        #[arg(long, required_if_eq("source", "files"))]
+        files: Option<PathBuf>,
         /// Config stream (gRPC).
         #[arg(long, default_value = "0.0.0.0:15010")]
         listen: SocketAddr,
         /// Admin HTTP endpoint (`/debug/proxy-status`).
         #[arg(long, default_value = "127.0.0.1:15014")]
         admin: SocketAddr,
-        /// YAML map node name → bootstrap token; agents must present their node's token.
-        #[arg(long, required_unless_present = "insecure_no_auth")]
+        /// Files mode: YAML map node name → bootstrap token; agents must present their node's token.
+        #[arg(long)]
         node_tokens: Option<PathBuf>,
+        /// Kube mode: the agents' ServiceAccount (`namespace/name`); their projected tokens
+        /// (audience `weft-controller`) are checked with TokenReview.
+        #[arg(long, default_value = "weft-system/weft-agent")]
+        agent_service_account: String,
+        /// Kube mode: the Secret with the CA root (`namespace/name`, keys `root-cert.pem` and
+        /// `root-key.pem`); generated and created when absent. Files mode uses `--ca-dir`.
+        #[arg(long, default_value = "weft-system/weft-ca")]
+        ca_secret: String,
         /// Accept agents without a token (local debugging only).
         #[arg(long)]
         insecure_no_auth: bool,
@@ -53,7 +70,8 @@ enum Command {
         /// Certificate service (gRPC, IstioCertificateService shape).
         #[arg(long, default_value = "0.0.0.0:15012")]
         ca_listen: SocketAddr,
-        /// Directory with the CA root (`root-cert.pem`, `root-key.pem`); generated when absent.
+        /// Files mode: directory with the CA root (`root-cert.pem`, `root-key.pem`); generated when
+        /// absent.
         #[arg(long, default_value = "/var/lib/weft/ca")]
         ca_dir: PathBuf,
         /// Changes are coalesced for this long (capped at 10×) before being sent.
@@ -90,6 +108,12 @@ enum Command {
     },
 }
 
+#[derive(Clone, Copy, Debug, PartialEq, clap::ValueEnum)]
+enum SourceKind {
+    Files,
+    Kube,
+}
+
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
@@ -102,39 +126,82 @@ fn main() -> anyhow::Result<()> {
         .build()?;
     match cli.command {
         Command::Run {
+            source,
             files,
             listen,
             admin,
             node_tokens,
+            agent_service_account,
+            ca_secret,
             insecure_no_auth,
             trust_domain,
             ca_listen,
             ca_dir,
             debounce,
         } => {
-            let tokens = match node_tokens {
-                Some(p) => Some(
-                    serde_yaml::from_str::<BTreeMap<String, String>>(
-                        &std::fs::read_to_string(&p)
-                            .with_context(|| format!("reading {}", p.display()))?,
-                    )
-                    .with_context(|| format!("{}: expected a map node → token", p.display()))?,
-                ),
-                None if insecure_no_auth => None,
-                None => bail!("--node-tokens is required (or --insecure-no-auth)"),
-            };
-            info!(files = %files.display(), %listen, %admin, auth = tokens.is_some(), trust_domain, "mesh-controller {} starting (files mode)", env!("CARGO_PKG_VERSION"));
-            let ca = mesh_controller::ca::Ca::load_or_generate(&ca_dir, &trust_domain)
-                .context("loading the CA")?;
-            rt.block_on(run(
-                files,
+            let serve = Serve {
                 listen,
                 admin,
-                tokens,
+                ca_listen,
                 trust_domain,
                 debounce,
-                (ca_listen, ca),
-            ))
+            };
+            match source {
+                SourceKind::Files => {
+                    let files = files.context("--files DIR is required with --source files")?;
+                    let auth = match node_tokens {
+                        Some(p) => NodeAuth::tokens(
+                            serde_yaml::from_str::<BTreeMap<String, String>>(
+                                &std::fs::read_to_string(&p)
+                                    .with_context(|| format!("reading {}", p.display()))?,
+                            )
+                            .with_context(|| {
+                                format!("{}: expected a map node → token", p.display())
+                            })?,
+                        ),
+                        None if insecure_no_auth => NodeAuth::Insecure,
+                        None => bail!("--node-tokens is required (or --insecure-no-auth)"),
+                    };
+                    info!(files = %files.display(), %listen, %admin, auth = !matches!(auth, NodeAuth::Insecure), trust_domain = serve.trust_domain, "mesh-controller {} starting (files mode)", env!("CARGO_PKG_VERSION"));
+                    let ca = mesh_controller::ca::Ca::load_or_generate(&ca_dir, &serve.trust_domain)
+                        .context("loading the CA")?;
+                    rt.block_on(async move {
+                        let mut src = FilesSource::new(files);
+                        src.refresh()
+                            .with_context(|| format!("reading {}", src.dir().display()))?;
+                        let store = Store::new(src.model());
+                        tokio::spawn(watch_files(src, store.clone()));
+                        serve.run(store, Arc::new(auth), ca, None).await
+                    })
+                }
+                SourceKind::Kube => rt.block_on(async move {
+                    if node_tokens.is_some() || insecure_no_auth {
+                        bail!("--node-tokens / --insecure-no-auth are files-mode options; kube mode authenticates agents with TokenReview");
+                    }
+                    let client = kube::Client::try_default()
+                        .await
+                        .context("connecting to the Kubernetes API (in-cluster config or KUBECONFIG)")?;
+                    info!(%listen, %admin, trust_domain = serve.trust_domain, "mesh-controller {} starting (kube mode)", env!("CARGO_PKG_VERSION"));
+                    let ca = mesh_controller::sources::kube::load_or_create_ca(
+                        &client,
+                        &ca_secret,
+                        &serve.trust_domain,
+                    )
+                    .await?;
+                    let store = Store::new(Default::default());
+                    let synced = mesh_controller::sources::kube::spawn(client.clone(), store.clone());
+                    mesh_controller::sources::kube::report_foreign_crds(&client).await;
+                    let auth = NodeAuth::TokenReview(TokenReviewAuth::new(
+                        client.clone(),
+                        &agent_service_account,
+                        store.clone(),
+                    ));
+                    synced.await;
+                    serve
+                        .run(store, Arc::new(auth), ca, Some(client))
+                        .await
+                }),
+            }
         }
         Command::ProxyStatus { admin, json } => rt.block_on(proxy_status(admin, json)),
         Command::Bench {
@@ -189,97 +256,110 @@ fn main() -> anyhow::Result<()> {
     }
 }
 
-async fn run(
-    files: PathBuf,
-    listen: SocketAddr,
-    admin_addr: SocketAddr,
-    tokens: Option<BTreeMap<String, String>>,
-    td: String,
-    debounce: Duration,
-    (ca_listen, ca): (SocketAddr, mesh_controller::ca::Ca),
-) -> anyhow::Result<()> {
-    // Without node tokens the CA cannot tell nodes apart: it then refuses every request.
-    let nodes_by_token = tokens
-        .clone()
-        .unwrap_or_default()
-        .into_iter()
-        .map(|(n, t)| (t, n))
-        .collect();
-    let hub = Hub::new(tokens);
-    let mut src = FilesSource::new(files);
-    src.refresh()
-        .with_context(|| format!("reading {}", src.dir().display()))?;
-    let model = std::sync::Arc::new(std::sync::RwLock::new(src.model()));
-    let bundle = translate::trust_bundle(&td, vec![ca.root_pem().to_string()]);
-    hub.update(translate::with_trust_bundle(
-        translate::all_nodes(&src.model(), &td),
-        &bundle,
-    ));
-    let mut reported = report_diagnostics(&src.model(), &std::collections::BTreeSet::new());
-    let ca_server = mesh_controller::ca::CaServer {
-        ca: std::sync::Arc::new(ca),
-        model: model.clone(),
-        nodes_by_token,
-    };
-    tokio::spawn(async move {
-        let svc = mesh_common::proto::ca::istio_certificate_service_server::IstioCertificateServiceServer::new(ca_server);
-        if let Err(e) = tonic::transport::Server::builder()
-            .add_service(svc)
-            .serve(ca_listen)
-            .await
-        {
-            tracing::error!("certificate service on {ca_listen}: {e}");
+/// Polls the directory (50 ms) and publishes each changed model.
+async fn watch_files(mut src: FilesSource, store: Arc<Store>) {
+    loop {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        match src.refresh() {
+            Ok(true) => store.replace(src.model()),
+            Ok(false) => {}
+            Err(e) => tracing::warn!(
+                "reading {}: {e}; keeping the last good config",
+                src.dir().display()
+            ),
         }
-    });
-    let h = hub.clone();
-    tokio::spawn(async move {
-        loop {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            match src.refresh() {
-                Ok(true) => {}
-                Ok(false) => continue,
-                Err(e) => {
-                    tracing::warn!(
-                        "reading {}: {e}; keeping the last good config",
-                        src.dir().display()
-                    );
-                    continue;
-                }
+    }
+}
+
+/// What both modes serve.
+struct Serve {
+    listen: SocketAddr,
+    admin: SocketAddr,
+    ca_listen: SocketAddr,
+    trust_domain: String,
+    debounce: Duration,
+}
+
+impl Serve {
+    async fn run(
+        self,
+        store: Arc<Store>,
+        auth: Arc<NodeAuth>,
+        ca: mesh_controller::ca::Ca,
+        kube: Option<kube::Client>,
+    ) -> anyhow::Result<()> {
+        let Self {
+            listen,
+            admin: admin_addr,
+            ca_listen,
+            trust_domain: td,
+            debounce,
+        } = self;
+        let hub = Hub::new(auth.clone());
+        let bundle = translate::trust_bundle(&td, vec![ca.root_pem().to_string()]);
+        let ca_server = mesh_controller::ca::CaServer {
+            ca: Arc::new(ca),
+            store: store.clone(),
+            auth,
+        };
+        tokio::spawn(async move {
+            let svc = mesh_common::proto::ca::istio_certificate_service_server::IstioCertificateServiceServer::new(ca_server);
+            if let Err(e) = tonic::transport::Server::builder()
+                .add_service(svc)
+                .serve(ca_listen)
+                .await
+            {
+                tracing::error!("certificate service on {ca_listen}: {e}");
             }
-            // Debounce: wait until the source is quiet for `debounce`, at most 10× that.
-            let start = Instant::now();
+        });
+        let h = hub.clone();
+        let mut changes = store.subscribe();
+        tokio::spawn(async move {
+            let mut reported = std::collections::BTreeSet::new();
+            let mut status = kube.map(mesh_controller::status::StatusWriter::new);
             loop {
-                tokio::time::sleep(debounce).await;
-                if !src.refresh().unwrap_or(false) || start.elapsed() > debounce * 10 {
+                changes.borrow_and_update();
+                let m = store.snapshot();
+                h.update(translate::with_trust_bundle(
+                    translate::all_nodes(&m, &td),
+                    &bundle,
+                ));
+                reported = report_diagnostics(&m, &reported);
+                if let Some(w) = status.as_mut() {
+                    w.write(&m).await;
+                }
+                if changes.changed().await.is_err() {
                     break;
                 }
+                // Debounce: wait until the source is quiet for `debounce`, at most 10× that.
+                let start = Instant::now();
+                loop {
+                    changes.borrow_and_update();
+                    tokio::time::sleep(debounce).await;
+                    if !changes.has_changed().unwrap_or(false) || start.elapsed() > debounce * 10 {
+                        break;
+                    }
+                }
             }
-            let m = src.model();
-            h.update(translate::with_trust_bundle(
-                translate::all_nodes(&m, &td),
-                &bundle,
-            ));
-            reported = report_diagnostics(&m, &reported);
-            *model.write().unwrap_or_else(|p| p.into_inner()) = m;
-        }
-    });
-    let a = hub.clone();
-    tokio::spawn(async move {
-        if let Err(e) = admin::serve(admin_addr, a).await {
-            tracing::error!("admin endpoint {admin_addr}: {e}");
-        }
-    });
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    tonic::transport::Server::builder()
-        .add_service(ConfigServiceServer::new(ConfigServer { hub }))
-        .serve_with_shutdown(listen, async move {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = tokio::signal::ctrl_c() => {}
+        });
+        let a = hub.clone();
+        tokio::spawn(async move {
+            if let Err(e) = admin::serve(admin_addr, a).await {
+                tracing::error!("admin endpoint {admin_addr}: {e}");
             }
-        })
-        .await
-        .with_context(|| format!("serving the config stream on {listen}"))
+        });
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        tonic::transport::Server::builder()
+            .add_service(ConfigServiceServer::new(ConfigServer { hub }))
+            .serve_with_shutdown(listen, async move {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            })
+            .await
+            .with_context(|| format!("serving the config stream on {listen}"))
+    }
 }
 
 /// Logs validation findings of the current model that were not reported before (files mode: the

@@ -60,14 +60,9 @@ fn s(v: &Value, ptr: &str) -> Option<String> {
 
 impl Model {
     pub fn insert(&mut self, v: Value) {
-        let (Some(kind), Some(name)) = (s(&v, "/kind"), s(&v, "/metadata/name")) else {
-            return;
-        };
-        let key = match s(&v, "/metadata/namespace") {
-            Some(ns) if kind != "Namespace" && kind != "Node" => format!("{ns}/{name}"),
-            _ => name,
-        };
-        self.objects.entry(kind).or_default().insert(key, v);
+        if let Some((kind, key)) = key_of(&v) {
+            self.objects.entry(kind).or_default().insert(key, v);
+        }
     }
 
     pub fn of(&self, kind: &str) -> impl Iterator<Item = &Value> {
@@ -163,5 +158,96 @@ impl Model {
                 })
             })
             .collect()
+    }
+}
+
+/// The key an object is stored under in its kind: `namespace/name`, or `name` for cluster-scoped
+/// kinds. `None` when the object has no kind or name.
+pub fn key_of(v: &Value) -> Option<(String, String)> {
+    let (kind, name) = (s(v, "/kind")?, s(v, "/metadata/name")?);
+    let key = match s(v, "/metadata/namespace") {
+        Some(ns) if kind != "Namespace" && kind != "Node" => format!("{ns}/{name}"),
+        _ => name,
+    };
+    Some((kind, key))
+}
+
+/// The live model shared by the source that writes it, the translation loop and the CA (which must
+/// see a new pod at once, without waiting for the debounce). Every change bumps a generation the
+/// translation loop waits on.
+pub struct Store {
+    model: std::sync::RwLock<Model>,
+    changes: tokio::sync::watch::Sender<u64>,
+}
+
+impl Store {
+    pub fn new(model: Model) -> std::sync::Arc<Self> {
+        std::sync::Arc::new(Self {
+            model: std::sync::RwLock::new(model),
+            changes: tokio::sync::watch::Sender::new(0),
+        })
+    }
+
+    /// Waits for changes with [`tokio::sync::watch::Receiver::changed`].
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changes.subscribe()
+    }
+
+    pub fn read<R>(&self, f: impl FnOnce(&Model) -> R) -> R {
+        f(&self.model.read().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    pub fn snapshot(&self) -> Model {
+        self.read(Model::clone)
+    }
+
+    fn write(&self, f: impl FnOnce(&mut Model) -> bool) {
+        let changed = f(&mut self.model.write().unwrap_or_else(|p| p.into_inner()));
+        if changed {
+            self.changes.send_modify(|g| *g += 1);
+        }
+    }
+
+    /// Replaces everything (the files source).
+    pub fn replace(&self, model: Model) {
+        self.write(|m| {
+            let changed = *m != model;
+            *m = model;
+            changed
+        });
+    }
+
+    /// Replaces every object of one kind (a watcher's (re)list).
+    pub fn replace_kind(&self, kind: &str, objects: BTreeMap<String, Value>) {
+        self.write(|m| {
+            let old = m.objects.remove(kind).unwrap_or_default();
+            let changed = old != objects;
+            if !objects.is_empty() {
+                m.objects.insert(kind.to_string(), objects);
+            }
+            changed
+        });
+    }
+
+    pub fn apply(&self, v: Value) {
+        self.write(|m| {
+            let Some((kind, key)) = key_of(&v) else {
+                return false;
+            };
+            let slot = m.objects.entry(kind).or_default();
+            if slot.get(&key) == Some(&v) {
+                return false;
+            }
+            slot.insert(key, v);
+            true
+        });
+    }
+
+    pub fn delete(&self, kind: &str, key: &str) {
+        self.write(|m| {
+            m.objects
+                .get_mut(kind)
+                .is_some_and(|objs| objs.remove(key).is_some())
+        });
     }
 }

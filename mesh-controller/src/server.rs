@@ -17,7 +17,10 @@ use tokio_stream::{Stream, StreamExt as _, wrappers::ReceiverStream};
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{info, warn};
 
-use crate::translate::{NodeConfig, diff};
+use crate::{
+    auth::NodeAuth,
+    translate::{NodeConfig, diff},
+};
 
 /// What `proxy-status` shows for one node.
 #[derive(Clone, Debug, Default, Serialize, serde::Deserialize, PartialEq)]
@@ -36,12 +39,17 @@ struct Subscriber {
     id: u64,
     tx: mpsc::Sender<Result<ConfigUpdate, Status>>,
     sent: NodeConfig,
+    /// False until the first config is computed: a subscriber that arrives earlier waits for it
+    /// (an empty snapshot would make the agent un-enrol its pods).
+    snapshot_sent: bool,
 }
 
 #[derive(Default)]
 struct HubState {
     version: u64,
     next_id: u64,
+    /// A config has been computed (`update` was called once).
+    ready: bool,
     configs: BTreeMap<String, NodeConfig>,
     subscribers: BTreeMap<String, Subscriber>,
     status: BTreeMap<String, NodeStatus>,
@@ -50,8 +58,7 @@ struct HubState {
 /// Shared between the translation loop and the gRPC service.
 pub struct Hub {
     state: Mutex<HubState>,
-    /// node → bootstrap token; `None` = no authentication (explicitly insecure).
-    tokens: Option<BTreeMap<String, String>>,
+    auth: Arc<NodeAuth>,
     /// Distinguishes versions of different controller runs.
     instance: String,
 }
@@ -64,10 +71,10 @@ fn now_ms() -> u64 {
 }
 
 impl Hub {
-    pub fn new(tokens: Option<BTreeMap<String, String>>) -> Arc<Self> {
+    pub fn new(auth: Arc<NodeAuth>) -> Arc<Self> {
         Arc::new(Self {
             state: Mutex::new(HubState::default()),
-            tokens,
+            auth,
             instance: format!("{:x}", now_ms()),
         })
     }
@@ -81,6 +88,7 @@ impl Hub {
     pub fn update(&self, configs: BTreeMap<String, NodeConfig>) {
         let mut st = self.lock();
         st.version += 1;
+        st.ready = true;
         let version = format!("{}-{}", self.instance, st.version);
         st.configs = configs;
         let HubState {
@@ -92,16 +100,20 @@ impl Hub {
         for (node, sub) in subscribers.iter_mut() {
             let empty = NodeConfig::new();
             let new = configs.get(node).unwrap_or(&empty);
-            let (upserts, removed) = diff(&sub.sent, new);
-            if upserts.is_empty() && removed.is_empty() {
-                continue;
-            }
-            let update = ConfigUpdate {
-                version: version.clone(),
-                nonce: format!("{version}-{node}"),
-                snapshot: false,
-                resources: upserts,
-                removed,
+            let update = if sub.snapshot_sent {
+                let (upserts, removed) = diff(&sub.sent, new);
+                if upserts.is_empty() && removed.is_empty() {
+                    continue;
+                }
+                ConfigUpdate {
+                    version: version.clone(),
+                    nonce: format!("{version}-{node}"),
+                    snapshot: false,
+                    resources: upserts,
+                    removed,
+                }
+            } else {
+                snapshot_update(&version, node, sub.id, new)
             };
             if sub.tx.try_send(Ok(update)).is_err() {
                 warn!(
@@ -111,6 +123,7 @@ impl Hub {
                 continue;
             }
             sub.sent = new.clone();
+            sub.snapshot_sent = true;
             let s = status.entry(node.clone()).or_default();
             s.last_sent_version = version.clone();
             s.last_sent_unix_ms = now_ms();
@@ -122,17 +135,11 @@ impl Hub {
         self.lock().status.clone()
     }
 
-    fn authenticate(&self, node: &str, token: &str) -> Result<(), Status> {
-        match &self.tokens {
-            None => Ok(()),
-            Some(t) if t.get(node).is_some_and(|want| want == token) => Ok(()),
-            Some(_) => {
-                warn!(node, "config stream refused: bad or missing node token");
-                Err(Status::unauthenticated(format!(
-                    "node {node:?}: bad or missing bootstrap token"
-                )))
-            }
-        }
+    async fn authenticate(&self, node: &str, token: &str, caller: &str) -> Result<(), Status> {
+        self.auth.check_subscriber(node, token).await.map_err(|e| {
+            warn!(caller, node, "config stream refused: {e}");
+            Status::unauthenticated(format!("node {node:?}: {e}"))
+        })
     }
 
     fn subscribe(
@@ -145,32 +152,28 @@ impl Hub {
         st.next_id += 1;
         let id = st.next_id;
         let version = format!("{}-{}", self.instance, st.version);
+        let ready = st.ready;
         let snapshot = st.configs.get(node).cloned().unwrap_or_default();
-        let update = ConfigUpdate {
-            version: version.clone(),
-            nonce: format!("{version}-{node}-s{id}"),
-            snapshot: true,
-            resources: snapshot
-                .values()
-                .map(|r| mesh_common::proto::config::Resource::clone(r))
-                .collect(),
-            removed: vec![],
-        };
-        let _ = tx.try_send(Ok(update));
+        if ready {
+            let _ = tx.try_send(Ok(snapshot_update(&version, node, id, &snapshot)));
+        }
         st.subscribers.insert(
             node.to_string(),
             Subscriber {
                 id,
                 tx,
                 sent: snapshot.clone(),
+                snapshot_sent: ready,
             },
         );
         let s = st.status.entry(node.to_string()).or_default();
         s.connected = true;
         s.agent_version = agent_version.to_string();
-        s.last_sent_version = version;
-        s.last_sent_unix_ms = now_ms();
-        s.resources = snapshot.len();
+        if ready {
+            s.last_sent_version = version;
+            s.last_sent_unix_ms = now_ms();
+            s.resources = snapshot.len();
+        }
         (id, rx)
     }
 
@@ -198,6 +201,19 @@ impl Hub {
     }
 }
 
+fn snapshot_update(version: &str, node: &str, id: u64, cfg: &NodeConfig) -> ConfigUpdate {
+    ConfigUpdate {
+        version: version.to_string(),
+        nonce: format!("{version}-{node}-s{id}"),
+        snapshot: true,
+        resources: cfg
+            .values()
+            .map(|r| mesh_common::proto::config::Resource::clone(r))
+            .collect(),
+        removed: vec![],
+    }
+}
+
 /// The tonic service.
 #[derive(Clone)]
 pub struct ConfigServer {
@@ -214,6 +230,10 @@ impl ConfigService for ConfigServer {
         &self,
         request: Request<Streaming<AgentMessage>>,
     ) -> Result<Response<Self::StreamStream>, Status> {
+        let caller = request
+            .remote_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_else(|| "?".into());
         let mut inbound = request.into_inner();
         let first = inbound
             .message()
@@ -227,7 +247,9 @@ impl ConfigService for ConfigServer {
         if sub.node.is_empty() {
             return Err(Status::invalid_argument("Subscribe.node is empty"));
         }
-        self.hub.authenticate(&sub.node, &sub.token)?;
+        self.hub
+            .authenticate(&sub.node, &sub.token, &caller)
+            .await?;
         let node = sub.node.clone();
         let (id, rx) = self.hub.subscribe(&node, &sub.agent_version);
         info!(

@@ -1,15 +1,16 @@
 //! The certificate service over real gRPC: node-scoped signing and every refusal.
 #![allow(clippy::unwrap_used)]
 
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 
 use mesh_common::proto::ca::{
     IstioCertificateRequest, istio_certificate_service_client::IstioCertificateServiceClient,
     istio_certificate_service_server::IstioCertificateServiceServer,
 };
 use mesh_controller::{
+    auth::NodeAuth,
     ca::{Ca, CaServer},
-    model::Model,
+    model::{Model, Store},
 };
 use rcgen::{CertificateParams, KeyPair, SanType};
 use serde_json::json;
@@ -31,12 +32,14 @@ async fn signs_only_identities_of_pods_on_the_callers_node() {
     m.insert(json!({"kind": "Pod", "metadata": {"name": "db-1", "namespace": "demo", "uid": "u2"}, "spec": {"nodeName": "node-b", "serviceAccountName": "db"}}));
     let server = CaServer {
         ca: ca.clone(),
-        model: Arc::new(RwLock::new(m)),
-        nodes_by_token: [
-            ("ta".to_string(), "node-a".to_string()),
-            ("tb".to_string(), "node-b".to_string()),
-        ]
-        .into(),
+        store: Store::new(m),
+        auth: Arc::new(NodeAuth::tokens(
+            [
+                ("node-a".to_string(), "ta".to_string()),
+                ("node-b".to_string(), "tb".to_string()),
+            ]
+            .into(),
+        )),
     };
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap();

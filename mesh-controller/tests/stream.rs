@@ -10,6 +10,7 @@ use mesh_common::proto::config::{
     config_service_client::ConfigServiceClient, config_service_server::ConfigServiceServer,
 };
 use mesh_controller::{
+    auth::NodeAuth,
     model::Model,
     server::{ConfigServer, Hub},
     translate,
@@ -100,14 +101,11 @@ impl FakeAgent {
     }
 }
 
-fn tokens() -> Option<BTreeMap<String, String>> {
-    Some(
-        [
-            ("node-a".to_string(), "ta".to_string()),
-            ("node-b".to_string(), "tb".to_string()),
-        ]
-        .into(),
-    )
+fn tokens() -> std::sync::Arc<NodeAuth> {
+    std::sync::Arc::new(NodeAuth::tokens(BTreeMap::from([
+        ("node-a".to_string(), "ta".to_string()),
+        ("node-b".to_string(), "tb".to_string()),
+    ])))
 }
 
 #[tokio::test]
@@ -118,6 +116,11 @@ async fn snapshot_then_deltas_only_to_affected_nodes_and_nacks_in_status() {
 
     assert_eq!(
         agent(addr, "node-a", "wrong").await.err().map(|s| s.code()),
+        Some(tonic::Code::Unauthenticated)
+    );
+    // Node b's token does not open node a's config.
+    assert_eq!(
+        agent(addr, "node-a", "tb").await.err().map(|s| s.code()),
         Some(tonic::Code::Unauthenticated)
     );
 
@@ -232,4 +235,34 @@ async fn controller_restart_agents_resync_without_a_gap() {
         !hub2.status()["node-a"].last_acked_version.is_empty(),
         "the resync was ACKed"
     );
+}
+
+#[tokio::test]
+async fn an_agent_that_subscribes_before_the_first_config_waits_for_it() {
+    // The kube source lists every kind before the first config is computed; an agent arriving
+    // earlier must not get an empty snapshot (it would un-enrol its pods).
+    let hub = Hub::new(tokens());
+    let (addr, _srv) = serve(hub.clone(), "127.0.0.1:0").await;
+    let mut a = agent(addr, "node-a", "ta").await.unwrap();
+    a.none_within(Duration::from_millis(300)).await;
+    assert!(hub.status()["node-a"].last_sent_version.is_empty());
+    let bundle = translate::trust_bundle("cluster.local", vec!["ROOT".into()]);
+    hub.update(translate::with_trust_bundle(
+        translate::all_nodes(&model(false), "cluster.local"),
+        &bundle,
+    ));
+    let s = a.next().await;
+    assert!(s.snapshot, "the first update is a snapshot");
+    let mut names: Vec<&str> = s.resources.iter().map(|r| r.name.as_str()).collect();
+    names.sort();
+    assert_eq!(names, vec!["trust-bundle", "workload/ua"]);
+    a.ack(&s, true, "").await;
+    // Later updates are deltas.
+    hub.update(translate::with_trust_bundle(
+        translate::all_nodes(&model(true), "cluster.local"),
+        &bundle,
+    ));
+    let d = a.next().await;
+    assert!(!d.snapshot);
+    assert_eq!(d.resources.len(), 1);
 }

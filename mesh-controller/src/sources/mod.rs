@@ -1,2 +1,3 @@
 //! Config sources. Each produces a [`crate::model::Model`]; nothing downstream knows which one.
 pub mod files;
+pub mod kube;
