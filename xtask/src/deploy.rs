@@ -45,7 +45,7 @@ const ISTIO_CRDS: [&str; 7] = [
 ];
 /// Controller flags the Deployment uses that the kube source (in progress) adds. Reported, not
 /// failed, while missing; remove them from here once `mesh-controller run --help` lists them.
-const CONTROLLER_FLAGS_PENDING: [&str; 3] = ["--source", "--ca-secret", "--token-audience"];
+const CONTROLLER_FLAGS_PENDING: [&str; 3] = ["--source", "--ca-secret", "--agent-service-account"];
 
 /// The built-in kinds the API stub serves: (groupVersion, plural, kind, namespaced).
 const BUILTIN: &[(&str, &str, &str, bool)] = &[
@@ -264,7 +264,7 @@ fn check_common(objs: &[Value]) -> anyhow::Result<()> {
         ensure!(
             cluster_scoped || ns == Some(NAMESPACE),
             "{kind} {} is in namespace {ns:?}, not {NAMESPACE}",
-            o["metadata"]["name"]
+            o["metadata"]["name"].as_str().unwrap_or_default()
         );
     }
 
@@ -438,8 +438,8 @@ fn check_common(objs: &[Value]) -> anyhow::Result<()> {
                 .flatten()
                 .any(|s| s["name"] == "weft-agent"),
             "{} {} binds weft-agent: the agent needs no API permission",
-            o["kind"],
-            o["metadata"]["name"]
+            o["kind"].as_str().unwrap_or_default(),
+            o["metadata"]["name"].as_str().unwrap_or_default()
         );
     }
     let cr: ClusterRole = get(objs, "ClusterRole", "weft-controller")?;
