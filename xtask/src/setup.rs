@@ -34,6 +34,33 @@ pub const PACKAGES: &[&str] = &[
 const LLVM_PREFIX: &str = "/usr/local/lib/weft-llvm";
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
+#[derive(clap::Args)]
+pub struct SetupArgs {
+    /// Only what building the binaries needs — protobuf-compiler, nightly rust-src, bpf-linker —
+    /// with no change to the running kernel's mounts (container image builds:
+    /// deploy/docker/*.Dockerfile).
+    #[arg(long)]
+    pub build_only: bool,
+}
+
+/// Debian packages a build needs (`--build-only`).
+const BUILD_PACKAGES: &[&str] = &["protobuf-compiler"];
+
+/// `cargo xtask setup --build-only`: the toolchain to build the workspace, nothing else.
+pub fn build_only() -> anyhow::Result<()> {
+    require_root("setup")?;
+    println!("weft setup (build only):");
+    let mut r = Report {
+        mode: Mode::Full,
+        did: vec![],
+    };
+    install_packages(&mut r, BUILD_PACKAGES)?;
+    nightly(&mut r)?;
+    bpf_linker(&mut r)?;
+    println!("build setup complete ({} changes)", r.did.len());
+    Ok(())
+}
+
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
     /// `cargo xtask setup`: report every step.
@@ -69,6 +96,7 @@ pub fn run(mode: Mode) -> anyhow::Result<()> {
     nightly(&mut r)?;
     bpf_linker(&mut r)?;
     cargo_deny(&mut r)?;
+    kubectl(&mut r)?;
     bpffs(&mut r)?;
     let cg = cgroup2_root().context(
         "no cgroup v2 hierarchy found at /sys/fs/cgroup/unified or /sys/fs/cgroup; \
@@ -87,7 +115,11 @@ pub fn run(mode: Mode) -> anyhow::Result<()> {
 }
 
 fn packages(r: &mut Report) -> anyhow::Result<()> {
-    let missing: Vec<&str> = PACKAGES
+    install_packages(r, PACKAGES)
+}
+
+fn install_packages(r: &mut Report, packages: &[&str]) -> anyhow::Result<()> {
+    let missing: Vec<&str> = packages
         .iter()
         .copied()
         .filter(|p| {
@@ -99,7 +131,7 @@ fn packages(r: &mut Report) -> anyhow::Result<()> {
         })
         .collect();
     if missing.is_empty() {
-        r.ok(&format!("Debian packages ({})", PACKAGES.join(", ")));
+        r.ok(&format!("Debian packages ({})", packages.join(", ")));
         return Ok(());
     }
     println!("  ...   installing Debian packages: {}", missing.join(" "));
@@ -266,6 +298,30 @@ fn cargo_deny(r: &mut Report) -> anyhow::Result<()> {
     .context("building cargo-deny failed")?;
     r.did(format!("installed cargo-deny {CARGO_DENY_VERSION}"));
     Ok(())
+}
+
+/// `cargo xtask test` checks deploy/ with kubectl (kustomize, client dry-run). It is not in
+/// Debian's archive (the `kubectl` package comes from the Kubernetes / Google Cloud apt
+/// repositories), so setup only checks for it.
+fn kubectl(r: &mut Report) -> anyhow::Result<()> {
+    match Command::new("kubectl")
+        .args(["version", "--client"])
+        .output()
+    {
+        Ok(o) if o.status.success() => {
+            let v = String::from_utf8_lossy(&o.stdout);
+            r.ok(&format!(
+                "kubectl ({})",
+                v.lines().next().unwrap_or("").trim()
+            ));
+            Ok(())
+        }
+        _ => bail!(
+            "kubectl is missing: `cargo xtask test` checks deploy/ with it (`kubectl kustomize`, \
+             `kubectl apply --dry-run=client`). Install the `kubectl` package (Kubernetes or Google \
+             Cloud apt repository) or put a kubectl >= 1.27 binary on PATH"
+        ),
+    }
 }
 
 fn which(prog: &str) -> anyhow::Result<PathBuf> {

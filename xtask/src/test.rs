@@ -58,6 +58,9 @@ pub fn run(args: TestArgs) -> anyhow::Result<()> {
         vec!["xtask", "codegen", "--check"],
         vec![],
     ));
+    // deploy/: kustomize renders, objects parse and say what they should, client dry-run applies,
+    // the flags exist in the binaries just built (needs kubectl; a few seconds).
+    steps.push(("deploy manifests", vec!["xtask", "deploy-check"], vec![]));
     // Unit, in-process integration and privileged (root: netns, cgroups, eBPF) tests.
     steps.push(("unit + privileged tests", vec!["test"], vec![]));
     // Lab end-to-end tests share one lab at a time: one test thread.

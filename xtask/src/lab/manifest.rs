@@ -191,7 +191,7 @@ impl fmt::Display for ManifestError {
 
 /// An error inside one document, before the file/index are known.
 #[derive(Debug)]
-struct DocError {
+pub(crate) struct DocError {
     field: String,
     message: String,
 }
@@ -354,7 +354,7 @@ fn parse_value(v: &serde_json::Value) -> Result<Object, DocError> {
 }
 
 /// Deserializes with path tracking; any field outside the schema is an error.
-fn strict<T: DeserializeOwned>(v: &serde_json::Value) -> Result<T, DocError> {
+pub(crate) fn strict<T: DeserializeOwned>(v: &serde_json::Value) -> Result<T, DocError> {
     let mut unknown: Vec<String> = vec![];
     let mut track = serde_path_to_error::Track::new();
     let de = serde_path_to_error::Deserializer::new(v, &mut track);
