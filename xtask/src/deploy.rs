@@ -43,10 +43,6 @@ const ISTIO_CRDS: [&str; 7] = [
     "serviceentries.networking.istio.io",
     "virtualservices.networking.istio.io",
 ];
-/// Controller flags the Deployment uses that the kube source (in progress) adds. Reported, not
-/// failed, while missing; remove them from here once `mesh-controller run --help` lists them.
-const CONTROLLER_FLAGS_PENDING: [&str; 3] = ["--source", "--ca-secret", "--agent-service-account"];
-
 /// The built-in kinds the API stub serves: (groupVersion, plural, kind, namespaced).
 const BUILTIN: &[(&str, &str, &str, bool)] = &[
     ("v1", "namespaces", "Namespace", false),
@@ -624,16 +620,14 @@ fn flags(objs: &[Value]) -> anyhow::Result<()> {
     };
     let d: Deployment = get(objs, "Deployment", "weft-controller")?;
     let ds: DaemonSet = get(objs, "DaemonSet", "weft-agent")?;
-    for (name, spec, pending) in [
+    for (name, spec) in [
         (
             "mesh-controller",
             pod_spec(d.spec.as_ref().map(|s| &s.template.spec))?,
-            &CONTROLLER_FLAGS_PENDING[..],
         ),
         (
             "mesh-agent",
             pod_spec(ds.spec.as_ref().map(|s| &s.template.spec))?,
-            &[][..],
         ),
     ] {
         let help = bin(name)?;
@@ -647,26 +641,14 @@ fn flags(objs: &[Value]) -> anyhow::Result<()> {
             .flat_map(|c| c.args.iter().flatten())
             .filter(|a| a.starts_with("--"))
             .collect();
-        let mut waiting = vec![];
         for flag in used {
             let flag = flag.split('=').next().unwrap_or(flag);
-            if known.contains(flag) {
-                continue;
-            }
-            if pending.contains(&flag) {
-                waiting.push(flag);
-                continue;
-            }
-            bail!("deploy/ passes {flag} to `{name} run`, which does not know it");
-        }
-        if waiting.is_empty() {
-            println!("  ok    {name} run: every flag of the manifests exists");
-        } else {
-            println!(
-                "  NOTE  {name} run: the manifests use {} — not in this build yet (the kube source adds them)",
-                waiting.join(", ")
+            ensure!(
+                known.contains(flag),
+                "deploy/ passes {flag} to `{name} run`, which does not know it"
             );
         }
+        println!("  ok    {name} run: every flag of the manifests exists");
     }
     Ok(())
 }
