@@ -33,7 +33,10 @@ pub enum Source {
     /// `--lab-cluster-dir DIR`
     Lab(PathBuf),
     /// `--controller URL` (with the node's bootstrap token)
-    Controller { url: String, token: String },
+    Controller {
+        url: String,
+        credential: sources::controller::Credential,
+    },
 }
 
 #[derive(Clone, Debug)]
@@ -143,11 +146,11 @@ impl Agent {
 
     /// Runs until SIGTERM/SIGINT.
     pub async fn run(mut self) -> Result<(), AgentError> {
-        if let Source::Controller { url, token } = &self.cfg.source {
+        if let Source::Controller { url, credential } = &self.cfg.source {
             self.controller = Some(sources::controller::ControllerSource::spawn(
                 url.clone(),
                 self.cfg.node.clone(),
-                token.clone(),
+                credential.clone(),
             ));
         }
         if let Some(addr) = self.cfg.metrics_addr {

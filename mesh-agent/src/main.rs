@@ -11,6 +11,7 @@ use mesh_agent::{
     agent::{Agent, AgentConfig, Source},
     ebpf::{Datapath, pins::PinLayout},
     inspect,
+    sources::controller::Credential,
 };
 use serde_json::json;
 
@@ -173,14 +174,16 @@ fn main() -> anyhow::Result<()> {
         } => {
             let source = match (controller, local_config, lab_cluster_dir) {
                 (Some(url), _, _) => {
-                    let token = match token_file {
-                        Some(f) => std::fs::read_to_string(&f)
-                            .with_context(|| format!("reading {}", f.display()))?
-                            .trim()
-                            .to_string(),
-                        None => String::new(),
+                    // Checked now (a typo fails at start), read again for every subscription.
+                    let credential = match token_file {
+                        Some(f) => {
+                            std::fs::read_to_string(&f)
+                                .with_context(|| format!("reading {}", f.display()))?;
+                            Credential::File(f)
+                        }
+                        None => Credential::Token(String::new()),
                     };
-                    Source::Controller { url, token }
+                    Source::Controller { url, credential }
                 }
                 (None, Some(f), _) => Source::Local(f),
                 (None, None, Some(d)) => Source::Lab(d),

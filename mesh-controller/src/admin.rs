@@ -1,4 +1,6 @@
-//! Admin HTTP endpoint (default `127.0.0.1:15014`): `GET /debug/proxy-status` → per-node status JSON.
+//! Admin HTTP endpoint (default `127.0.0.1:15014`): `GET /debug/proxy-status` → per-node status
+//! JSON; `GET /healthz` → 200 while the process serves; `GET /readyz` → 200 once the first config
+//! has been computed (kube mode: every kind listed), 503 before.
 use std::{net::SocketAddr, sync::Arc};
 
 use http_body_util::Full;
@@ -15,11 +17,23 @@ pub async fn serve(addr: SocketAddr, hub: Arc<Hub>) -> std::io::Result<()> {
             let svc = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
                 let hub = hub.clone();
                 async move {
-                    if req.uri().path() == "/debug/proxy-status" {
+                    let path = req.uri().path();
+                    if path == "/debug/proxy-status" {
                         let body = serde_json::to_vec_pretty(&hub.status()).unwrap_or_default();
                         Response::builder()
                             .header("content-type", "application/json")
                             .body(Full::new(Bytes::from(body)))
+                    } else if path == "/healthz" {
+                        Response::builder().body(Full::new(Bytes::from_static(b"ok\n")))
+                    } else if path == "/readyz" {
+                        let ready = hub.ready();
+                        Response::builder()
+                            .status(if ready { 200 } else { 503 })
+                            .body(Full::new(Bytes::from_static(if ready {
+                                b"ready\n"
+                            } else {
+                                b"waiting for the first config\n"
+                            })))
                     } else {
                         Response::builder()
                             .status(404)

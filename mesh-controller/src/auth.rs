@@ -83,8 +83,11 @@ pub struct TokenReviewAuth {
     /// `system:serviceaccount:<namespace>:<name>` of the agent DaemonSet.
     agent_user: String,
     store: Arc<Store>,
-    cache: Mutex<HashMap<String, (Instant, Result<String, AuthError>)>>,
+    cache: Mutex<HashMap<String, Reviewed>>,
 }
+
+/// A cached review: when, and the node (or why not).
+type Reviewed = (Instant, Result<String, AuthError>);
 
 const CACHE_TTL: Duration = Duration::from_secs(30);
 

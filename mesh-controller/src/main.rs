@@ -34,6 +34,8 @@ struct Cli {
 }
 
 #[derive(Subcommand)]
+// Parsed once at start: the size of `Run` does not matter.
+#[allow(clippy::large_enum_variant)]
 enum Command {
     /// Run the controller: watch the cluster (`--source kube`) or a directory of YAML (`--files DIR`),
     /// serve the config stream and the certificate service.
@@ -171,7 +173,9 @@ fn main() -> anyhow::Result<()> {
                             .with_context(|| format!("reading {}", src.dir().display()))?;
                         let store = Store::new(src.model());
                         tokio::spawn(watch_files(src, store.clone()));
-                        serve.run(store, Arc::new(auth), ca, None).await
+                        serve
+                            .run(store, Arc::new(auth), ca, None, Box::pin(async {}))
+                            .await
                     })
                 }
                 SourceKind::Kube => rt.block_on(async move {
@@ -196,9 +200,8 @@ fn main() -> anyhow::Result<()> {
                         &agent_service_account,
                         store.clone(),
                     ));
-                    synced.await;
                     serve
-                        .run(store, Arc::new(auth), ca, Some(client))
+                        .run(store, Arc::new(auth), ca, Some(client), Box::pin(synced))
                         .await
                 }),
             }
@@ -287,6 +290,7 @@ impl Serve {
         auth: Arc<NodeAuth>,
         ca: mesh_controller::ca::Ca,
         kube: Option<kube::Client>,
+        synced: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>,
     ) -> anyhow::Result<()> {
         let Self {
             listen,
@@ -315,6 +319,8 @@ impl Serve {
         let h = hub.clone();
         let mut changes = store.subscribe();
         tokio::spawn(async move {
+            // Until every kind is listed the hub has no config: subscribers wait, /readyz is 503.
+            synced.await;
             let mut reported = std::collections::BTreeSet::new();
             let mut status = kube.map(mesh_controller::status::StatusWriter::new);
             loop {

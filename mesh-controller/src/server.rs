@@ -131,6 +131,11 @@ impl Hub {
         }
     }
 
+    /// A config has been computed: agents get a snapshot as soon as they subscribe.
+    pub fn ready(&self) -> bool {
+        self.lock().ready
+    }
+
     pub fn status(&self) -> BTreeMap<String, NodeStatus> {
         self.lock().status.clone()
     }

@@ -27,6 +27,7 @@ use serde_json::{Value, json};
 use tokio::sync::{Notify, mpsc};
 
 type Body = BoxBody<Bytes, Infallible>;
+type FrameTx = mpsc::Sender<Result<Frame<Bytes>, Infallible>>;
 
 #[derive(Default)]
 struct Mock {
@@ -36,7 +37,7 @@ struct Mock {
     /// Released by the test to let the second pod watch answer 410 Gone.
     gone: Notify,
     /// Watch streams held open until the test ends.
-    open: Mutex<Vec<mpsc::Sender<Result<Frame<Bytes>, Infallible>>>>,
+    open: Mutex<Vec<FrameTx>>,
     secret: Mutex<Option<Value>>,
     patches: Mutex<Vec<(String, String, Value)>>,
 }

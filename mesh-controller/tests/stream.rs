@@ -4,7 +4,7 @@
 
 use std::{collections::BTreeMap, net::SocketAddr, time::Duration};
 
-use mesh_agent::sources::controller::ControllerSource;
+use mesh_agent::sources::controller::{ControllerSource, Credential};
 use mesh_common::proto::config::{
     Ack, AgentMessage, ConfigUpdate, Subscribe, agent_message::Msg,
     config_service_client::ConfigServiceClient, config_service_server::ConfigServiceServer,
@@ -197,7 +197,14 @@ async fn controller_restart_agents_resync_without_a_gap() {
         let _ = srv.await;
     });
 
-    let src = ControllerSource::spawn(format!("http://{addr}"), "node-a".into(), "ta".into());
+    // The agent reads its token file for every subscription (projected tokens rotate).
+    let token_file = std::env::temp_dir().join(format!("weft-stream-token-{}", std::process::id()));
+    std::fs::write(&token_file, "ta\n").unwrap();
+    let src = ControllerSource::spawn(
+        format!("http://{addr}"),
+        "node-a".into(),
+        Credential::File(token_file.clone()),
+    );
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
     while src.read().is_err() {
         assert!(tokio::time::Instant::now() < deadline, "no config received");
@@ -218,8 +225,13 @@ async fn controller_restart_agents_resync_without_a_gap() {
         );
     }
 
-    // A new controller with a changed world: the agent resubscribes and converges.
-    let hub2 = Hub::new(tokens());
+    // A new controller with a changed world and a rotated token: the agent resubscribes with the
+    // new token and converges.
+    std::fs::write(&token_file, "ta-rotated\n").unwrap();
+    let hub2 = Hub::new(std::sync::Arc::new(NodeAuth::tokens(BTreeMap::from([(
+        "node-a".to_string(),
+        "ta-rotated".to_string(),
+    )]))));
     hub2.update(translate::all_nodes(&model(true), "cluster.local"));
     let (_, _srv2) = serve(hub2.clone(), &addr.to_string()).await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
@@ -235,6 +247,7 @@ async fn controller_restart_agents_resync_without_a_gap() {
         !hub2.status()["node-a"].last_acked_version.is_empty(),
         "the resync was ACKed"
     );
+    let _ = std::fs::remove_file(&token_file);
 }
 
 #[tokio::test]

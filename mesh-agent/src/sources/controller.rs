@@ -101,9 +101,36 @@ pub fn apply(
     Ok(next)
 }
 
+/// The node credential presented to the controller.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Credential {
+    Token(String),
+    /// Read anew for every (re)subscription: a projected ServiceAccount token is rotated by the
+    /// kubelet and expires.
+    File(std::path::PathBuf),
+}
+
+impl Credential {
+    fn read(&self) -> Result<String, String> {
+        match self {
+            Self::Token(t) => Ok(t.clone()),
+            Self::File(f) => std::fs::read_to_string(f)
+                .map(|t| t.trim().to_string())
+                .map_err(|e| format!("reading the token file {}: {e}", f.display())),
+        }
+    }
+}
+
+impl From<&str> for Credential {
+    fn from(t: &str) -> Self {
+        Self::Token(t.to_string())
+    }
+}
+
 impl ControllerSource {
     /// Starts the client task (needs a tokio runtime).
-    pub fn spawn(url: String, node: String, token: String) -> Self {
+    pub fn spawn(url: String, node: String, credential: impl Into<Credential>) -> Self {
+        let credential = credential.into();
         let me = Self {
             shared: Arc::new(Mutex::new(Shared::default())),
             url,
@@ -113,7 +140,11 @@ impl ControllerSource {
         tokio::spawn(async move {
             let mut backoff = Duration::from_millis(100);
             loop {
-                match session(&url, &node, &token, &shared).await {
+                let result = match credential.read() {
+                    Ok(token) => session(&url, &node, &token, &shared).await,
+                    Err(e) => Err(e.into()),
+                };
+                match result {
                     Ok(()) => warn!(controller = %url, "config stream ended; resubscribing"),
                     Err(e) => {
                         warn!(controller = %url, "config stream: {e}; keeping the last config, retrying")
