@@ -212,7 +212,7 @@ async fn run(
     let model = std::sync::Arc::new(std::sync::RwLock::new(src.model()));
     let bundle = translate::trust_bundle(&td, vec![ca.root_pem().to_string()]);
     hub.update(translate::with_trust_bundle(
-        translate::all_nodes(&src.model(), &td),
+        translate::all_nodes(&src.model(), &translate::TranslateOptions::new(&td)),
         &bundle,
     ));
     let mut reported = report_diagnostics(&src.model(), &std::collections::BTreeSet::new());
@@ -256,7 +256,7 @@ async fn run(
             }
             let m = src.model();
             h.update(translate::with_trust_bundle(
-                translate::all_nodes(&m, &td),
+                translate::all_nodes(&m, &translate::TranslateOptions::new(&td)),
                 &bundle,
             ));
             reported = report_diagnostics(&m, &reported);

@@ -113,7 +113,10 @@ fn tokens() -> Option<BTreeMap<String, String>> {
 #[tokio::test]
 async fn snapshot_then_deltas_only_to_affected_nodes_and_nacks_in_status() {
     let hub = Hub::new(tokens());
-    hub.update(translate::all_nodes(&model(false), "cluster.local"));
+    hub.update(translate::all_nodes(
+        &model(false),
+        &translate::TranslateOptions::new("cluster.local"),
+    ));
     let (addr, _srv) = serve(hub.clone(), "127.0.0.1:0").await;
 
     assert_eq!(
@@ -144,7 +147,10 @@ async fn snapshot_then_deltas_only_to_affected_nodes_and_nacks_in_status() {
     b.ack(&sb, true, "").await;
 
     // A pod added on node-a: node-a gets a delta with just that workload, node-b nothing.
-    hub.update(translate::all_nodes(&model(true), "cluster.local"));
+    hub.update(translate::all_nodes(
+        &model(true),
+        &translate::TranslateOptions::new("cluster.local"),
+    ));
     let da = a.next().await;
     assert!(!da.snapshot);
     assert_eq!(da.resources.len(), 1);
@@ -164,7 +170,10 @@ async fn snapshot_then_deltas_only_to_affected_nodes_and_nacks_in_status() {
     assert!(st["node-a"].connected && st["node-b"].connected);
 
     // The pod removed again: a delta with a removal.
-    hub.update(translate::all_nodes(&model(false), "cluster.local"));
+    hub.update(translate::all_nodes(
+        &model(false),
+        &translate::TranslateOptions::new("cluster.local"),
+    ));
     let da2 = a.next().await;
     assert_eq!(da2.removed, vec!["workload/ua2".to_string()]);
 
@@ -176,7 +185,10 @@ async fn snapshot_then_deltas_only_to_affected_nodes_and_nacks_in_status() {
 #[tokio::test]
 async fn controller_restart_agents_resync_without_a_gap() {
     let hub = Hub::new(tokens());
-    hub.update(translate::all_nodes(&model(false), "cluster.local"));
+    hub.update(translate::all_nodes(
+        &model(false),
+        &translate::TranslateOptions::new("cluster.local"),
+    ));
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
     drop(listener);
@@ -217,7 +229,10 @@ async fn controller_restart_agents_resync_without_a_gap() {
 
     // A new controller with a changed world: the agent resubscribes and converges.
     let hub2 = Hub::new(tokens());
-    hub2.update(translate::all_nodes(&model(true), "cluster.local"));
+    hub2.update(translate::all_nodes(
+        &model(true),
+        &translate::TranslateOptions::new("cluster.local"),
+    ));
     let (_, _srv2) = serve(hub2.clone(), &addr.to_string()).await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     while src.read().unwrap().workloads.len() != 2 {
