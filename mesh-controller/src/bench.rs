@@ -129,7 +129,10 @@ pub async fn run(a: BenchArgs) -> anyhow::Result<String> {
     let hub = Hub::new(std::sync::Arc::new(crate::auth::NodeAuth::Insecure));
     let cpu0 = cpu_s();
     let t = Instant::now();
-    hub.update(translate::all_nodes(&model, "cluster.local"));
+    hub.update(translate::all_nodes(
+        &model,
+        &translate::TranslateOptions::new("cluster.local"),
+    ));
     let initial_ms = t.elapsed().as_secs_f64() * 1e3;
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = l.local_addr()?;
@@ -191,7 +194,10 @@ pub async fn run(a: BenchArgs) -> anyhow::Result<String> {
             let node = p["spec"]["nodeName"].as_str().unwrap_or("").to_string();
             model.insert(p);
             let start = Instant::now();
-            hub.update(translate::all_nodes(&model, "cluster.local"));
+            hub.update(translate::all_nodes(
+                &model,
+                &translate::TranslateOptions::new("cluster.local"),
+            ));
             let sent: BTreeMap<String, String> = hub
                 .status()
                 .into_iter()

@@ -8,6 +8,7 @@
 //! - [`server`]: the config stream (gRPC, snapshot + deltas, ACK/NACK) and per-node status.
 //! - [`ca`]: the certificate authority (node-scoped signing of SPIFFE identities).
 //! - [`admin`]: the HTTP admin endpoint behind `mesh-controller proxy-status`.
+//! - [`ir`]: routes and policies compiled into the config stream's resolved types.
 //! - [`crd`]: the resources users apply (Istio, Gateway API) with CRD generation.
 //! - [`validate`]: semantic checks with Istio's wording (`mesh-controller analyze`).
 pub mod admin;
@@ -15,6 +16,7 @@ pub mod auth;
 pub mod bench;
 pub mod ca;
 pub mod crd;
+pub mod ir;
 pub mod model;
 pub mod server;
 pub mod sources;

@@ -69,6 +69,9 @@ enum Command {
         insecure_no_auth: bool,
         #[arg(long, default_value = "cluster.local")]
         trust_domain: String,
+        /// Istio's root namespace: PeerAuthentication / AuthorizationPolicy there apply mesh-wide.
+        #[arg(long, default_value = "istio-system")]
+        root_namespace: String,
         /// Certificate service (gRPC, IstioCertificateService shape).
         #[arg(long, default_value = "0.0.0.0:15012")]
         ca_listen: SocketAddr,
@@ -137,6 +140,7 @@ fn main() -> anyhow::Result<()> {
             ca_secret,
             insecure_no_auth,
             trust_domain,
+            root_namespace,
             ca_listen,
             ca_dir,
             debounce,
@@ -146,6 +150,7 @@ fn main() -> anyhow::Result<()> {
                 admin,
                 ca_listen,
                 trust_domain,
+                root_namespace,
                 debounce,
             };
             match source {
@@ -280,6 +285,7 @@ struct Serve {
     admin: SocketAddr,
     ca_listen: SocketAddr,
     trust_domain: String,
+    root_namespace: String,
     debounce: Duration,
 }
 
@@ -297,8 +303,10 @@ impl Serve {
             admin: admin_addr,
             ca_listen,
             trust_domain: td,
+            root_namespace,
             debounce,
         } = self;
+
         let hub = Hub::new(auth.clone());
         let bundle = translate::trust_bundle(&td, vec![ca.root_pem().to_string()]);
         let ca_server = mesh_controller::ca::CaServer {
@@ -327,7 +335,13 @@ impl Serve {
                 changes.borrow_and_update();
                 let m = store.snapshot();
                 h.update(translate::with_trust_bundle(
-                    translate::all_nodes(&m, &td),
+                    translate::all_nodes(
+                        &m,
+                        &translate::TranslateOptions {
+                            trust_domain: &td,
+                            root_namespace: &root_namespace,
+                        },
+                    ),
                     &bundle,
                 ));
                 reported = report_diagnostics(&m, &reported);

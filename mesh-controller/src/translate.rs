@@ -1,12 +1,17 @@
 //! Pure translation: the model → exactly what one node needs (its workloads with the mesh decision
-//! made, and the services with their endpoints), as named config-stream resources. Table-tested.
+//! made and the policies that apply to them, the services with their endpoints, the route tables
+//! and destination policies, and the authorization / peer authentication policies of its
+//! workloads), as named config-stream resources. Table-tested.
 use std::{collections::BTreeMap, sync::Arc};
 
 use mesh_common::proto::config::{
     Endpoint, Resource, Service, ServicePort, TrustBundle, Workload, resource::Kind,
 };
 
-use crate::model::{Model, Pod};
+use crate::{
+    ir::{self, DEFAULT_ROOT_NAMESPACE},
+    model::{Model, Pod},
+};
 
 /// Opt-in annotations (namespace, pod).
 pub const MESH: &str = "weft.dev/mesh";
@@ -16,6 +21,25 @@ pub const EXCLUDE_IN_PORTS: &str = "weft.dev/exclude-inbound-ports";
 pub const EXCLUDE_OUT_CIDRS: &str = "weft.dev/exclude-outbound-cidrs";
 /// Name of the trust bundle resource.
 pub const TRUST_BUNDLE: &str = "trust-bundle";
+
+/// Parameters of the translation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TranslateOptions<'a> {
+    /// SPIFFE trust domain of workload identities.
+    pub trust_domain: &'a str,
+    /// Istio's root namespace: policies there without a selector are mesh-wide.
+    pub root_namespace: &'a str,
+}
+
+impl<'a> TranslateOptions<'a> {
+    /// `trust_domain` with the default root namespace (`istio-system`).
+    pub fn new(trust_domain: &'a str) -> Self {
+        Self {
+            trust_domain,
+            root_namespace: DEFAULT_ROOT_NAMESPACE,
+        }
+    }
+}
 
 /// One node's config: resources by name. Shared (`Arc`): every node references the same service
 /// resources, so memory does not grow with nodes × services.
@@ -78,7 +102,13 @@ pub fn workload(model: &Model, pod: &Pod, trust_domain: &str) -> Option<Workload
 }
 
 /// Every node's config, computed once per model change.
-pub fn all_nodes(model: &Model, trust_domain: &str) -> BTreeMap<String, NodeConfig> {
+///
+/// Route tables and destination policies are shared by every node (one `Arc` each); an
+/// authorization or peer authentication policy goes only to the nodes running a meshed workload
+/// it applies to, and each meshed workload lists the policies that apply (`Workload.policies`).
+pub fn all_nodes(model: &Model, opts: &TranslateOptions<'_>) -> BTreeMap<String, NodeConfig> {
+    let trust_domain = opts.trust_domain;
+    let compiled = ir::compile(model, opts.root_namespace);
     let pods = model.pods();
     // Index running pods by (namespace, label, value): a selector only scans the pods of its first
     // label instead of every pod.
@@ -119,6 +149,11 @@ pub fn all_nodes(model: &Model, trust_domain: &str) -> BTreeMap<String, NodeConf
                     ip: p.ip.map(|i| i.to_string()).unwrap_or_default(),
                     node: p.node.clone(),
                     ports: pmap,
+                    labels: p
+                        .labels
+                        .iter()
+                        .map(|(k, v)| (k.clone(), v.clone()))
+                        .collect(),
                 });
             }
         }
@@ -167,7 +202,15 @@ pub fn all_nodes(model: &Model, trust_domain: &str) -> BTreeMap<String, NodeConf
     }
     for (node, cfg) in out.iter_mut() {
         for p in pods_by_node.get(node.as_str()).into_iter().flatten() {
-            if let Some(w) = workload(model, p, trust_domain) {
+            if let Some(mut w) = workload(model, p, trust_domain) {
+                if w.mesh {
+                    for pol in ir::authz::applying(&compiled.policies, &p.namespace, &p.labels) {
+                        w.policies.push(pol.name.clone());
+                        cfg.insert(pol.resource.name.clone(), pol.resource.clone());
+                    }
+                    w.policies.sort();
+                    w.policies.dedup();
+                }
                 cfg.insert(
                     format!("workload/{}", w.uid),
                     Arc::new(Resource {
@@ -177,7 +220,7 @@ pub fn all_nodes(model: &Model, trust_domain: &str) -> BTreeMap<String, NodeConf
                 );
             }
         }
-        for s in &services {
+        for s in services.iter().chain(&compiled.shared) {
             cfg.insert(s.name.clone(), s.clone());
         }
     }
@@ -260,7 +303,7 @@ mod tests {
 
     #[test]
     fn per_node_table() {
-        let all = all_nodes(&model(), "cluster.local");
+        let all = all_nodes(&model(), &TranslateOptions::new("cluster.local"));
         let cases: [(&str, Vec<(String, bool)>); 3] = [
             ("node-a", vec![("a".into(), true), ("o".into(), false)]),
             ("node-b", vec![("p".into(), false)]),
@@ -291,15 +334,178 @@ mod tests {
 
     #[test]
     fn only_changed_nodes_get_a_delta() {
-        let before = all_nodes(&model(), "td");
+        let before = all_nodes(&model(), &TranslateOptions::new("td"));
         let mut m = model();
         m.insert(json!({"kind": "Pod", "metadata": {"name": "o", "namespace": "demo", "uid": "uo"},
                         "spec": {"nodeName": "node-a"}, "status": {"phase": "Running", "podIP": "10.244.1.3"}}));
-        let after = all_nodes(&m, "td");
+        let after = all_nodes(&m, &TranslateOptions::new("td"));
         let (up, rm) = diff(&before["node-a"], &after["node-a"]);
         assert_eq!(up.len(), 1);
         assert_eq!(up[0].name, "workload/uo");
         assert!(rm.is_empty());
         assert_eq!(diff(&before["node-b"], &after["node-b"]), (vec![], vec![]));
+    }
+
+    /// The base model plus a meshed namespace `shop` with pods on node-a (app=web) and node-b
+    /// (app=db), a VirtualService, a DestinationRule and policies.
+    fn ir_model(weight: i32) -> Model {
+        let mut m = model();
+        let yaml = format!(
+            "kind: Namespace\nmetadata: {{name: shop, annotations: {{weft.dev/mesh: enabled}}}}
+---
+kind: Pod
+metadata: {{name: web, namespace: shop, uid: uw, labels: {{app: web}}}}
+spec: {{nodeName: node-a}}
+status: {{phase: Running, podIP: 10.244.1.9}}
+---
+kind: Pod
+metadata: {{name: db, namespace: shop, uid: ud, labels: {{app: db, version: v1}}}}
+spec: {{nodeName: node-b}}
+status: {{phase: Running, podIP: 10.244.2.9}}
+---
+kind: Service
+metadata: {{name: db, namespace: shop}}
+spec: {{clusterIP: 10.96.0.20, selector: {{app: db}}, ports: [{{port: 5432}}]}}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: db, namespace: shop}}
+spec:
+  hosts: [db]
+  http:
+  - route:
+    - {{destination: {{host: db, subset: v1}}, weight: {weight}}}
+    - {{destination: {{host: db, subset: v2}}, weight: {rest}}}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: db, namespace: shop}}
+spec: {{host: db, subsets: [{{name: v1, labels: {{version: v1}}}}, {{name: v2, labels: {{version: v2}}}}]}}
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {{name: db-only, namespace: shop}}
+spec: {{selector: {{matchLabels: {{app: db}}}}, rules: [{{}}]}}
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {{name: ns-wide, namespace: shop}}
+spec: {{action: DENY, rules: [{{from: [{{source: {{namespaces: [bad]}}}}]}}]}}
+---
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {{name: default, namespace: istio-system}}
+spec: {{mtls: {{mode: STRICT}}}}
+",
+            rest = 100 - weight
+        );
+        for doc in yaml.split("\n---\n") {
+            m.insert(serde_yaml::from_str(doc).unwrap());
+        }
+        m
+    }
+
+    fn policies_of(cfg: &NodeConfig, uid: &str) -> Vec<String> {
+        match &cfg[&format!("workload/{uid}")].kind {
+            Some(Kind::Workload(w)) => w.policies.clone(),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn ir_resources_per_node() {
+        let all = all_nodes(&ir_model(90), &TranslateOptions::new("td"));
+        for node in ["node-a", "node-b", "node-c"] {
+            assert!(all[node].contains_key("routes/shop/db"), "{node}");
+            assert!(all[node].contains_key("destination/shop/db"), "{node}");
+        }
+        assert!(
+            Arc::ptr_eq(
+                &all["node-a"]["routes/shop/db"],
+                &all["node-c"]["routes/shop/db"]
+            ),
+            "route tables are shared across nodes"
+        );
+        let names = |node: &str, prefix: &str| -> Vec<String> {
+            all[node]
+                .keys()
+                .filter(|k| k.starts_with(prefix))
+                .cloned()
+                .collect()
+        };
+        // node-a: web (shop) and a (demo, meshed); node-b: db (shop) and p (not meshed).
+        assert_eq!(names("node-a", "authz/"), ["authz/shop/ns-wide"]);
+        assert_eq!(
+            names("node-b", "authz/"),
+            ["authz/shop/db-only", "authz/shop/ns-wide"]
+        );
+        assert!(names("node-c", "authz/").is_empty(), "no workload in scope");
+        assert_eq!(
+            names("node-a", "peerauthn/"),
+            ["peerauthn/istio-system/default"]
+        );
+        assert!(names("node-c", "peerauthn/").is_empty());
+        assert_eq!(
+            policies_of(&all["node-b"], "ud"),
+            ["istio-system/default", "shop/db-only", "shop/ns-wide"]
+        );
+        assert_eq!(
+            policies_of(&all["node-a"], "uw"),
+            ["istio-system/default", "shop/ns-wide"]
+        );
+        assert_eq!(
+            policies_of(&all["node-a"], "ua"),
+            ["istio-system/default"],
+            "mesh-wide policy in the root namespace"
+        );
+        assert!(policies_of(&all["node-b"], "up").is_empty(), "not meshed");
+        let Some(Kind::Service(svc)) = &all["node-a"]["service/shop/db"].kind else {
+            panic!()
+        };
+        assert_eq!(
+            svc.endpoints[0].labels["version"], "v1",
+            "endpoint labels for subsets"
+        );
+    }
+
+    #[test]
+    fn root_namespace_is_an_option() {
+        let opts = TranslateOptions {
+            trust_domain: "td",
+            root_namespace: "mesh-root",
+        };
+        let all = all_nodes(&ir_model(90), &opts);
+        assert!(
+            !all["node-a"].contains_key("peerauthn/istio-system/default"),
+            "istio-system is an ordinary namespace now: no workload in scope"
+        );
+        assert_eq!(policies_of(&all["node-a"], "uw"), ["shop/ns-wide"]);
+        let ir = crate::ir::compile(&ir_model(90), "mesh-root");
+        let pa = ir
+            .policies
+            .iter()
+            .find(|p| p.name == "istio-system/default");
+        assert_eq!(
+            pa.map(|p| p.applies.namespace.clone()),
+            Some(Some("istio-system".into()))
+        );
+    }
+
+    #[test]
+    fn weight_change_is_one_route_table_delta_per_node() {
+        let opts = TranslateOptions::new("td");
+        let before = all_nodes(&ir_model(90), &opts);
+        let after = all_nodes(&ir_model(80), &opts);
+        for node in ["node-a", "node-b", "node-c"] {
+            let (up, rm) = diff(&before[node], &after[node]);
+            let names: Vec<_> = up.iter().map(|r| r.name.as_str()).collect();
+            assert_eq!(names, ["routes/shop/db"], "{node}");
+            assert!(rm.is_empty());
+            let Some(Kind::RouteTable(t)) = &up[0].kind else {
+                panic!()
+            };
+            let w: Vec<u32> = t.http[0].destinations.iter().map(|d| d.weight).collect();
+            assert_eq!(w, [80, 20]);
+        }
     }
 }

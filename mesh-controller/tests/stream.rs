@@ -111,7 +111,10 @@ fn tokens() -> std::sync::Arc<NodeAuth> {
 #[tokio::test]
 async fn snapshot_then_deltas_only_to_affected_nodes_and_nacks_in_status() {
     let hub = Hub::new(tokens());
-    hub.update(translate::all_nodes(&model(false), "cluster.local"));
+    hub.update(translate::all_nodes(
+        &model(false),
+        &translate::TranslateOptions::new("cluster.local"),
+    ));
     let (addr, _srv) = serve(hub.clone(), "127.0.0.1:0").await;
 
     assert_eq!(
@@ -147,7 +150,10 @@ async fn snapshot_then_deltas_only_to_affected_nodes_and_nacks_in_status() {
     b.ack(&sb, true, "").await;
 
     // A pod added on node-a: node-a gets a delta with just that workload, node-b nothing.
-    hub.update(translate::all_nodes(&model(true), "cluster.local"));
+    hub.update(translate::all_nodes(
+        &model(true),
+        &translate::TranslateOptions::new("cluster.local"),
+    ));
     let da = a.next().await;
     assert!(!da.snapshot);
     assert_eq!(da.resources.len(), 1);
@@ -167,7 +173,10 @@ async fn snapshot_then_deltas_only_to_affected_nodes_and_nacks_in_status() {
     assert!(st["node-a"].connected && st["node-b"].connected);
 
     // The pod removed again: a delta with a removal.
-    hub.update(translate::all_nodes(&model(false), "cluster.local"));
+    hub.update(translate::all_nodes(
+        &model(false),
+        &translate::TranslateOptions::new("cluster.local"),
+    ));
     let da2 = a.next().await;
     assert_eq!(da2.removed, vec!["workload/ua2".to_string()]);
 
@@ -179,7 +188,10 @@ async fn snapshot_then_deltas_only_to_affected_nodes_and_nacks_in_status() {
 #[tokio::test]
 async fn controller_restart_agents_resync_without_a_gap() {
     let hub = Hub::new(tokens());
-    hub.update(translate::all_nodes(&model(false), "cluster.local"));
+    hub.update(translate::all_nodes(
+        &model(false),
+        &translate::TranslateOptions::new("cluster.local"),
+    ));
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
     drop(listener);
@@ -232,7 +244,10 @@ async fn controller_restart_agents_resync_without_a_gap() {
         "node-a".to_string(),
         "ta-rotated".to_string(),
     )]))));
-    hub2.update(translate::all_nodes(&model(true), "cluster.local"));
+    hub2.update(translate::all_nodes(
+        &model(true),
+        &translate::TranslateOptions::new("cluster.local"),
+    ));
     let (_, _srv2) = serve(hub2.clone(), &addr.to_string()).await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     while src.read().unwrap().workloads.len() != 2 {
@@ -261,7 +276,10 @@ async fn an_agent_that_subscribes_before_the_first_config_waits_for_it() {
     assert!(hub.status()["node-a"].last_sent_version.is_empty());
     let bundle = translate::trust_bundle("cluster.local", vec!["ROOT".into()]);
     hub.update(translate::with_trust_bundle(
-        translate::all_nodes(&model(false), "cluster.local"),
+        translate::all_nodes(
+            &model(false),
+            &translate::TranslateOptions::new("cluster.local"),
+        ),
         &bundle,
     ));
     let s = a.next().await;
@@ -272,7 +290,10 @@ async fn an_agent_that_subscribes_before_the_first_config_waits_for_it() {
     a.ack(&s, true, "").await;
     // Later updates are deltas.
     hub.update(translate::with_trust_bundle(
-        translate::all_nodes(&model(true), "cluster.local"),
+        translate::all_nodes(
+            &model(true),
+            &translate::TranslateOptions::new("cluster.local"),
+        ),
         &bundle,
     ));
     let d = a.next().await;

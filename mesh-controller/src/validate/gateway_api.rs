@@ -1,9 +1,11 @@
 //! Checks for Gateway API HTTPRoute / GRPCRoute (GAMMA: Service parents).
+use std::collections::BTreeMap;
+
 use super::cluster::resolve_host;
-use super::istio::{Index, check_regex};
-use super::{Severity, Sink, codes};
+use super::istio::{Index, binds_to_mesh, check_regex};
+use super::{Diagnostic, Severity, Sink, codes};
 use crate::crd::gateway_api::{HttpBackendRef, HttpHeaderMatch, HttpRouteFilter, ParentReference};
-use crate::crd::{GRPCRoute, HTTPRoute};
+use crate::crd::{GRPCRoute, HTTPRoute, MeshResource};
 
 fn parents(parents: &[ParentReference], ns: &str, index: &Index<'_>, sink: &mut Sink<'_>) {
     if parents.is_empty() {
@@ -258,6 +260,48 @@ pub(crate) fn grpc_route(gr: &GRPCRoute, index: &Index<'_>, sink: &mut Sink<'_>)
         backends(&rule.backend_refs, ns, &rf, index, sink);
         if rule.session_persistence.is_some() {
             sink.unsupported(format!("{rf}.sessionPersistence"), "");
+        }
+    }
+}
+
+/// WEFT0004: a mesh-bound VirtualService whose host is a Service with Gateway API routes attached.
+/// The IR compiles the Gateway API routes for that Service and ignores the VirtualService.
+pub(crate) fn shadowed_virtual_services(resources: &[MeshResource], out: &mut Vec<Diagnostic>) {
+    let mut attached: BTreeMap<String, String> = BTreeMap::new();
+    for r in resources {
+        let parents = match r {
+            MeshResource::HttpRoute(hr) => &hr.spec.parent_refs,
+            MeshResource::GrpcRoute(gr) => &gr.spec.parent_refs,
+            _ => continue,
+        };
+        for p in parents.iter().filter(|p| p.is_service()) {
+            let ns = p.namespace.as_deref().unwrap_or(r.namespace());
+            attached
+                .entry(resolve_host(&p.name, ns))
+                .or_insert_with(|| format!("{} {}/{}", r.kind(), r.namespace(), r.name()));
+        }
+    }
+    for r in resources {
+        let MeshResource::VirtualService(vs) = r else {
+            continue;
+        };
+        if !binds_to_mesh(vs) {
+            continue;
+        }
+        for (i, h) in vs.spec.hosts.iter().enumerate() {
+            let host = resolve_host(h, r.namespace());
+            if let Some(route) = attached.get(&host) {
+                out.push(Diagnostic {
+                    code: codes::SHADOWED_BY_GATEWAY_API,
+                    severity: Severity::Warning,
+                    object: r.display_name(),
+                    field: format!("spec.hosts[{i}]"),
+                    message: format!(
+                        "host {host} also has Gateway API routes ({route}); Weft uses the Gateway \
+                         API routes for it and ignores this VirtualService"
+                    ),
+                });
+            }
         }
     }
 }

@@ -13,6 +13,8 @@
 //! - `WEFT0001` (Info): a field Weft does not support yet (kept, not enforced).
 //! - `WEFT0002` (Info): PeerAuthentication `DISABLE`, treated as `PERMISSIVE`.
 //! - `WEFT0003` (Warning): a fault without `percentage` (Istio injects nothing).
+//! - `WEFT0004` (Warning): a VirtualService for a Service that Gateway API routes are attached to
+//!   (the HTTPRoutes win; the VirtualService is ignored for it).
 //! - `WEFT0010` (Error): a file or YAML document that cannot be read.
 //!
 //! Regexes are checked with the `regex` crate; Istio/Envoy use RE2. Both reject backreferences
@@ -83,6 +85,7 @@ pub mod codes {
     pub const NOT_SUPPORTED: &str = "WEFT0001";
     pub const MTLS_DISABLE: &str = "WEFT0002";
     pub const FAULT_NO_PERCENTAGE: &str = "WEFT0003";
+    pub const SHADOWED_BY_GATEWAY_API: &str = "WEFT0004";
     pub const UNREADABLE: &str = "WEFT0010";
 }
 
@@ -156,6 +159,7 @@ pub fn validate(resources: &[MeshResource], cluster: &ClusterView) -> Vec<Diagno
         }
     }
     istio::host_conflicts(resources, &mut out);
+    gateway_api::shadowed_virtual_services(resources, &mut out);
     out
 }
 

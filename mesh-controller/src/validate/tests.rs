@@ -209,6 +209,14 @@ fn table() {
             vec![(W, "IST0109", "spec.hosts")],
         ),
         (
+            "virtual service shadowed by a GAMMA route",
+            format!(
+                "{}\n---\napiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: reviews, namespace: demo}}\nspec:\n  parentRefs: [{{group: '', kind: Service, name: reviews}}]\n  rules: [{{backendRefs: [{{name: reviews, port: 9080}}]}}]\n",
+                vs("  - route:\n    - {destination: {host: reviews}}\n")
+            ),
+            vec![(W, "WEFT0004", "spec.hosts[0]")],
+        ),
+        (
             "subset selects no pods",
             "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: ratings, namespace: demo}\nspec:\n  host: ratings\n  subsets:\n  - {name: v1, labels: {version: v1}}\n  - {name: v2, labels: {version: v2}}\n".to_string(),
             vec![(W, "IST0173", "spec.subsets[1].labels")],
