@@ -23,6 +23,7 @@ use super::common::{GoDuration, Opaque, Percent, PortSelector, StringMatch, Work
     category = "istio-io",
     category = "networking-istio-io",
     namespaced,
+    status = "Opaque",
     derive = "PartialEq",
     derive = "Default"
 )]
@@ -367,6 +368,7 @@ pub struct RouteDestination {
     category = "istio-io",
     category = "networking-istio-io",
     namespaced,
+    status = "Opaque",
     derive = "PartialEq",
     derive = "Default"
 )]
@@ -650,6 +652,7 @@ pub struct Subset {
     category = "istio-io",
     category = "networking-istio-io",
     namespaced,
+    status = "Opaque",
     derive = "PartialEq",
     derive = "Default"
 )]
@@ -709,6 +712,7 @@ pub struct ServicePort {
     category = "istio-io",
     category = "networking-istio-io",
     namespaced,
+    status = "Opaque",
     derive = "PartialEq",
     derive = "Default"
 )]

@@ -23,6 +23,19 @@ use super::{
 ///   (`spec.http[0].route[0].weight: invalid type: string "x", expected i32`).
 /// - `Some(Ok(resource))`: typed.
 pub fn parse_resource(value: &Value) -> Option<Result<MeshResource, String>> {
+    // `status` is written by controllers (Weft's own status conditions among them), never by users:
+    // it is not part of what is validated.
+    let stripped;
+    let value = if value.get("status").is_some() {
+        let mut v = value.clone();
+        if let Some(o) = v.as_object_mut() {
+            o.remove("status");
+        }
+        stripped = v;
+        &stripped
+    } else {
+        value
+    };
     let api_version = value.get("apiVersion")?.as_str()?;
     let kind = value.get("kind")?.as_str()?;
     let (group, version) = api_version.split_once('/')?;

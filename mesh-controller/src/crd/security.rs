@@ -23,6 +23,7 @@ use super::common::{GoDuration, PolicyTargetReference, WorkloadSelector};
     category = "istio-io",
     category = "security-istio-io",
     namespaced,
+    status = "super::common::Opaque",
     derive = "PartialEq",
     derive = "Default"
 )]
@@ -75,6 +76,7 @@ pub enum MtlsMode {
     category = "istio-io",
     category = "security-istio-io",
     namespaced,
+    status = "super::common::Opaque",
     derive = "PartialEq",
     derive = "Default"
 )]
@@ -229,6 +231,7 @@ pub struct Condition {
     category = "istio-io",
     category = "security-istio-io",
     namespaced,
+    status = "super::common::Opaque",
     derive = "PartialEq",
     derive = "Default"
 )]

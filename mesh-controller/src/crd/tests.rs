@@ -407,3 +407,24 @@ fn durations() {
         assert_eq!(GoDuration::from(s).parse().is_ok(), ok, "{s}");
     }
 }
+
+#[test]
+fn status_written_by_controllers_is_not_user_input() {
+    // Weft's own status conditions come back on every watched object in kube mode.
+    let v = serde_json::json!({
+        "apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
+        "metadata": {"name": "r", "namespace": "demo"},
+        "spec": {"hosts": ["r"], "http": [{"route": [{"destination": {"host": "r"}}]}]},
+        "status": {"conditions": [{"type": "Accepted", "status": "True"}], "observedGeneration": 2}
+    });
+    assert!(matches!(
+        crate::crd::parse_resource(&v),
+        Some(Ok(crate::crd::MeshResource::VirtualService(_)))
+    ));
+    let crds = crate::crd::crds_yaml();
+    assert_eq!(
+        crds.matches("subresources:").count(),
+        4 * 3 + 3 * 2,
+        "status subresource on every served version"
+    );
+}
