@@ -58,11 +58,32 @@ fn ports(s: Option<&String>) -> Vec<u32> {
 
 /// The workload a pod becomes, with Weft's opt-in rules: namespace `weft.dev/mesh: enabled`, pod
 /// not `weft.dev/mesh: disabled`.
+/// Namespace opted in: `weft.dev/mesh: enabled`.
+pub fn namespace_meshed(model: &Model, namespace: &str) -> bool {
+    model
+        .namespace_annotations(namespace)
+        .get(MESH)
+        .map(String::as_str)
+        == Some("enabled")
+}
+
+/// Pod opted out: `weft.dev/mesh: disabled`.
+pub fn pod_opted_out(pod: &Pod) -> bool {
+    pod.annotations.get(MESH).map(String::as_str) == Some("disabled")
+}
+
+/// `spiffe://<trust-domain>/ns/<namespace>/sa/<service account>`.
+pub fn identity(trust_domain: &str, pod: &Pod) -> String {
+    format!(
+        "spiffe://{trust_domain}/ns/{}/sa/{}",
+        pod.namespace, pod.service_account
+    )
+}
+
 pub fn workload(model: &Model, pod: &Pod, trust_domain: &str) -> Option<Workload> {
     let ip = pod.ip?;
     let nsa = model.namespace_annotations(&pod.namespace);
-    let mesh = nsa.get(MESH).map(String::as_str) == Some("enabled")
-        && pod.annotations.get(MESH).map(String::as_str) != Some("disabled");
+    let mesh = namespace_meshed(model, &pod.namespace) && !pod_opted_out(pod);
     let fast_path = [pod.annotations.get(FAST_PATH), nsa.get(FAST_PATH)]
         .into_iter()
         .flatten()
@@ -93,10 +114,7 @@ pub fn workload(model: &Model, pod: &Pod, trust_domain: &str) -> Option<Workload
                     .collect()
             })
             .unwrap_or_default(),
-        identity: format!(
-            "spiffe://{trust_domain}/ns/{}/sa/{}",
-            pod.namespace, pod.service_account
-        ),
+        identity: identity(trust_domain, pod),
         policies: vec![],
     })
 }
@@ -123,6 +141,7 @@ pub fn all_nodes(model: &Model, opts: &TranslateOptions<'_>) -> BTreeMap<String,
         }
     }
     let mut services: Vec<Arc<Resource>> = vec![];
+    let mut mesh_by_ns: std::collections::HashMap<&str, bool> = std::collections::HashMap::new();
     for svc in model.services() {
         let mut endpoints = vec![];
         if let Some((k0, v0)) = svc.selector.iter().next() {
@@ -144,7 +163,14 @@ pub fn all_nodes(model: &Model, opts: &TranslateOptions<'_>) -> BTreeMap<String,
                         pmap.insert(u32::from(sp.port), u32::from(t));
                     }
                 }
+                let meshed = *mesh_by_ns
+                    .entry(p.namespace.as_str())
+                    .or_insert_with(|| namespace_meshed(model, &p.namespace))
+                    && !pod_opted_out(p);
                 endpoints.push(Endpoint {
+                    mesh: meshed,
+                    identity: identity(opts.trust_domain, p),
+                    name: p.name.clone(),
                     workload_uid: p.uid.clone(),
                     ip: p.ip.map(|i| i.to_string()).unwrap_or_default(),
                     node: p.node.clone(),
@@ -325,6 +351,11 @@ mod tests {
         assert_eq!(
             svc.endpoints[0].ports[&80], 8080,
             "named targetPort resolved"
+        );
+        assert!(svc.endpoints[0].mesh, "meshed pod: reached over HBONE");
+        assert_eq!(
+            svc.endpoints[0].identity,
+            "spiffe://cluster.local/ns/demo/sa/sa"
         );
         let Some(Kind::Workload(w)) = &all["node-a"]["workload/ua"].kind else {
             panic!()
