@@ -5,9 +5,11 @@
 //! - [`sources`]: where workloads come from (`--local-config`, the lab's cluster view).
 //! - [`pods`]: locating a pod's cgroup/netns; a per-pod thread creating sockets in its netns.
 //! - [`proxy`]: the L4 node proxy (outbound `:15001`, inbound `:15006`).
+//! - [`identity`]: workload certificates (per-identity keys, CSRs to the controller CA, rotation).
 //! - [`agent`]: the run loop tying them together; [`inspect`]: `mesh-agent bpf …`.
 pub mod agent;
 pub mod ebpf;
+pub mod identity;
 pub mod inspect;
 pub mod metrics;
 pub mod pods;
