@@ -6,10 +6,12 @@
 //! - [`pods`]: locating a pod's cgroup/netns; a per-pod thread creating sockets in its netns.
 //! - [`proxy`]: the L4 node proxy (outbound `:15001`, inbound `:15006`).
 //! - [`hbone`]: the mTLS tunnel between node proxies (HTTP/2 CONNECT, `:15008`).
+//! - [`identity`]: workload certificates (per-identity keys, CSRs to the controller CA, rotation).
 //! - [`agent`]: the run loop tying them together; [`inspect`]: `mesh-agent bpf …`.
 pub mod agent;
 pub mod ebpf;
 pub mod hbone;
+pub mod identity;
 pub mod inspect;
 pub mod metrics;
 pub mod pods;

@@ -111,7 +111,8 @@ pub enum Credential {
 }
 
 impl Credential {
-    fn read(&self) -> Result<String, String> {
+    /// The token to present now (a token file is read anew on every call).
+    pub fn read(&self) -> Result<String, String> {
         match self {
             Self::Token(t) => Ok(t.clone()),
             Self::File(f) => std::fs::read_to_string(f)

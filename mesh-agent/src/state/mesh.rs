@@ -1,0 +1,324 @@
+//! What the node proxy knows about the mesh beyond its own pods, from the config stream: services
+//! (VIP:port → endpoints), which endpoints are meshed and with which identity, and the trust
+//! bundle. Pure: built from the streamed resources (an invalid resource fails the whole update,
+//! which the agent then NACKs) and queried per connection by [`MeshState::resolve`].
+use std::{
+    collections::{BTreeMap, HashMap},
+    net::{IpAddr, SocketAddr},
+    sync::{
+        Arc, RwLock,
+        atomic::{AtomicUsize, Ordering},
+    },
+};
+
+use mesh_common::{
+    ports::HBONE,
+    proto::config::{Resource, resource::Kind},
+};
+use rustls::RootCertStore;
+
+/// One endpoint of a service port.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Endpoint {
+    pub uid: String,
+    pub name: String,
+    pub ip: IpAddr,
+    pub port: u16,
+    pub mesh: bool,
+    pub identity: String,
+    pub labels: BTreeMap<String, String>,
+}
+
+/// A service port (`<VIP>:<port>`) and its endpoints.
+#[derive(Debug)]
+pub struct ServicePort {
+    pub namespace: String,
+    pub name: String,
+    pub hostname: String,
+    pub port: u16,
+    pub endpoints: Vec<Endpoint>,
+    /// Round-robin position.
+    next: AtomicUsize,
+}
+
+/// A meshed pod reachable by IP (from service endpoints).
+#[derive(Clone, Debug, PartialEq)]
+pub struct PodInfo {
+    pub name: String,
+    pub identity: String,
+}
+
+#[derive(Debug, Default)]
+pub struct MeshState {
+    pub trust_domain: String,
+    pub roots: Option<Arc<RootCertStore>>,
+    services: HashMap<SocketAddr, Arc<ServicePort>>,
+    meshed_pods: HashMap<IpAddr, PodInfo>,
+}
+
+/// Where an outbound connection goes.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Upstream {
+    /// Through the mTLS tunnel: `<podIP>:15008`, CONNECT `<podIP>:<targetPort>`.
+    Hbone {
+        via: SocketAddr,
+        authority: SocketAddr,
+        identity: String,
+        /// `namespace/name` of the service when the destination was a service VIP.
+        service: Option<String>,
+    },
+    /// Plain TCP (a destination outside the mesh).
+    Plain(SocketAddr),
+    /// A service with no endpoints: refuse, as kube-proxy does.
+    NoEndpoints(String),
+}
+
+impl MeshState {
+    /// Builds the state from every streamed resource; the first bad one fails it (→ NACK).
+    pub fn from_resources<'a>(
+        resources: impl IntoIterator<Item = &'a Resource>,
+    ) -> Result<Self, String> {
+        let mut me = Self::default();
+        for r in resources {
+            match &r.kind {
+                Some(Kind::Service(s)) => {
+                    let mut eps_by_port: BTreeMap<u16, Vec<Endpoint>> = BTreeMap::new();
+                    for e in &s.endpoints {
+                        let ip: IpAddr = e.ip.parse().map_err(|_| {
+                            format!("{}: endpoint {}: bad ip {:?}", r.name, e.name, e.ip)
+                        })?;
+                        if e.mesh {
+                            if !e.identity.starts_with("spiffe://") {
+                                return Err(format!(
+                                    "{}: endpoint {}: meshed without a SPIFFE identity",
+                                    r.name, e.name
+                                ));
+                            }
+                            me.meshed_pods.insert(
+                                ip,
+                                PodInfo {
+                                    name: e.name.clone(),
+                                    identity: e.identity.clone(),
+                                },
+                            );
+                        }
+                        for (sp, tp) in &e.ports {
+                            let (sp, tp) = (port(&r.name, *sp)?, port(&r.name, *tp)?);
+                            eps_by_port.entry(sp).or_default().push(Endpoint {
+                                uid: e.workload_uid.clone(),
+                                name: e.name.clone(),
+                                ip,
+                                port: tp,
+                                mesh: e.mesh,
+                                identity: e.identity.clone(),
+                                labels: e
+                                    .labels
+                                    .iter()
+                                    .map(|(k, v)| (k.clone(), v.clone()))
+                                    .collect(),
+                            });
+                        }
+                    }
+                    for a in &s.addresses {
+                        let vip: IpAddr = a
+                            .parse()
+                            .map_err(|_| format!("{}: bad address {a:?}", r.name))?;
+                        for p in &s.ports {
+                            let sp = port(&r.name, p.port)?;
+                            me.services.insert(
+                                SocketAddr::new(vip, sp),
+                                Arc::new(ServicePort {
+                                    namespace: s.namespace.clone(),
+                                    name: s.name.clone(),
+                                    hostname: s.hostname.clone(),
+                                    port: sp,
+                                    endpoints: eps_by_port.get(&sp).cloned().unwrap_or_default(),
+                                    next: AtomicUsize::new(0),
+                                }),
+                            );
+                        }
+                    }
+                }
+                Some(Kind::TrustBundle(b)) => {
+                    let roots = crate::hbone::tls::roots_from_pem(&b.roots_pem)
+                        .map_err(|e| format!("{}: {e}", r.name))?;
+                    me.trust_domain = b.trust_domain.clone();
+                    me.roots = Some(Arc::new(roots));
+                }
+                _ => {}
+            }
+        }
+        Ok(me)
+    }
+
+    pub fn service(&self, vip: &SocketAddr) -> Option<&Arc<ServicePort>> {
+        self.services.get(vip)
+    }
+
+    pub fn meshed_pod(&self, ip: &IpAddr) -> Option<&PodInfo> {
+        self.meshed_pods.get(ip)
+    }
+
+    /// Where a connection to `dst` goes: a service VIP picks an endpoint (round robin); a meshed
+    /// endpoint is reached over HBONE, anything else directly.
+    pub fn resolve(&self, dst: SocketAddr) -> Upstream {
+        if let Some(svc) = self.services.get(&dst) {
+            if svc.endpoints.is_empty() {
+                return Upstream::NoEndpoints(format!("{}/{}", svc.namespace, svc.name));
+            }
+            let i = svc.next.fetch_add(1, Ordering::Relaxed) % svc.endpoints.len();
+            let ep = &svc.endpoints[i];
+            let to = SocketAddr::new(ep.ip, ep.port);
+            return if ep.mesh {
+                Upstream::Hbone {
+                    via: SocketAddr::new(ep.ip, HBONE),
+                    authority: to,
+                    identity: ep.identity.clone(),
+                    service: Some(format!("{}/{}", svc.namespace, svc.name)),
+                }
+            } else {
+                Upstream::Plain(to)
+            };
+        }
+        match self.meshed_pods.get(&dst.ip()) {
+            Some(p) => Upstream::Hbone {
+                via: SocketAddr::new(dst.ip(), HBONE),
+                authority: dst,
+                identity: p.identity.clone(),
+                service: None,
+            },
+            None => Upstream::Plain(dst),
+        }
+    }
+}
+
+fn port(resource: &str, p: u32) -> Result<u16, String> {
+    u16::try_from(p)
+        .ok()
+        .filter(|p| *p > 0)
+        .ok_or_else(|| format!("{resource}: port {p} out of range"))
+}
+
+/// The current state, swapped as a whole on every accepted update.
+#[derive(Default)]
+pub struct SharedMesh(RwLock<Arc<MeshState>>);
+
+impl SharedMesh {
+    pub fn load(&self) -> Arc<MeshState> {
+        self.0.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    pub fn store(&self, m: Arc<MeshState>) {
+        *self.0.write().unwrap_or_else(|p| p.into_inner()) = m;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mesh_common::proto::config::{
+        self as pc, Endpoint as PEp, Service as PSvc, ServicePort as PPort,
+    };
+
+    fn svc(name: &str, vip: &str, eps: Vec<PEp>) -> Resource {
+        Resource {
+            name: format!("service/demo/{name}"),
+            kind: Some(Kind::Service(PSvc {
+                name: name.into(),
+                namespace: "demo".into(),
+                hostname: format!("{name}.demo.svc.cluster.local"),
+                addresses: vec![vip.into()],
+                ports: vec![PPort {
+                    name: "http".into(),
+                    port: 80,
+                    target_port: 8080,
+                    ..Default::default()
+                }],
+                endpoints: eps,
+            })),
+        }
+    }
+
+    fn ep(name: &str, ip: &str, mesh: bool) -> PEp {
+        PEp {
+            workload_uid: format!("u-{name}"),
+            ip: ip.into(),
+            node: "n".into(),
+            ports: [(80, 8080)].into(),
+            mesh,
+            identity: if mesh {
+                format!("spiffe://cluster.local/ns/demo/sa/{name}")
+            } else {
+                String::new()
+            },
+            name: name.into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn resolve_table() {
+        let res = [
+            svc(
+                "meshed",
+                "10.96.0.1",
+                vec![ep("a", "10.244.1.2", true), ep("b", "10.244.2.2", true)],
+            ),
+            svc("plain", "10.96.0.2", vec![ep("p", "10.244.1.9", false)]),
+            svc("empty", "10.96.0.3", vec![]),
+        ];
+        let m = MeshState::from_resources(res.iter()).unwrap();
+        let a: SocketAddr = "10.96.0.1:80".parse().unwrap();
+        // Round robin over both meshed endpoints, over HBONE with the endpoint's identity.
+        let picks: Vec<Upstream> = (0..2).map(|_| m.resolve(a)).collect();
+        assert!(picks.contains(&Upstream::Hbone {
+            via: "10.244.1.2:15008".parse().unwrap(),
+            authority: "10.244.1.2:8080".parse().unwrap(),
+            identity: "spiffe://cluster.local/ns/demo/sa/a".into(),
+            service: Some("demo/meshed".into()),
+        }));
+        assert!(picks.iter().any(
+            |u| matches!(u, Upstream::Hbone { via, .. } if via.ip().to_string() == "10.244.2.2")
+        ));
+        assert_eq!(
+            m.resolve("10.96.0.2:80".parse().unwrap()),
+            Upstream::Plain("10.244.1.9:8080".parse().unwrap())
+        );
+        assert_eq!(
+            m.resolve("10.96.0.3:80".parse().unwrap()),
+            Upstream::NoEndpoints("demo/empty".into())
+        );
+        // A meshed pod by IP: HBONE to the port asked for.
+        assert!(matches!(
+            m.resolve("10.244.2.2:9000".parse().unwrap()),
+            Upstream::Hbone { authority, .. } if authority.port() == 9000
+        ));
+        // Anything else: plain.
+        let out: SocketAddr = "192.0.2.1:443".parse().unwrap();
+        assert_eq!(m.resolve(out), Upstream::Plain(out));
+    }
+
+    #[test]
+    fn bad_resources_fail_the_update() {
+        let mut bad = ep("a", "10.244.1.2", true);
+        bad.identity = String::new();
+        assert!(
+            MeshState::from_resources([svc("s", "10.96.0.1", vec![bad])].iter())
+                .unwrap_err()
+                .contains("SPIFFE")
+        );
+        assert!(
+            MeshState::from_resources([svc("s", "not-an-ip", vec![])].iter())
+                .unwrap_err()
+                .contains("bad address")
+        );
+        let tb = Resource {
+            name: "trust-bundle".into(),
+            kind: Some(Kind::TrustBundle(pc::TrustBundle {
+                trust_domain: "cluster.local".into(),
+                roots_pem: vec!["garbage".into()],
+            })),
+        };
+        assert!(MeshState::from_resources([tb].iter()).is_err());
+    }
+}
