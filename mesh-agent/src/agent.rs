@@ -15,14 +15,18 @@ use tracing::{debug, error, info, warn};
 
 use crate::{
     ebpf::{Datapath, EbpfError, Enrolment, OrigDstTable, netns, pins::PinLayout},
+    identity::{CertManager, ManagerConfig},
     metrics::{BpfLabels, Metrics},
     pods::{
         locate,
         worker::{NetnsWorker, WorkerError},
     },
-    proxy::{PodCtx, inbound, outbound},
+    proxy::{PodCtx, TunnelCtx, inbound, outbound},
     sources::{self, Snapshot},
-    state::enrolment::{self, PodPlan},
+    state::{
+        enrolment::{self, PodPlan},
+        mesh::SharedMesh,
+    },
 };
 
 /// Where workloads come from.
@@ -36,6 +40,10 @@ pub enum Source {
     Controller {
         url: String,
         credential: sources::controller::Credential,
+        /// The certificate service (`http://<controller>:15012`).
+        ca: String,
+        /// Requested workload certificate lifetime.
+        cert_ttl: Duration,
     },
 }
 
@@ -60,6 +68,15 @@ pub enum AgentError {
     Pod { pod: String, message: String },
     #[error("{0}")]
     Io(#[from] std::io::Error),
+}
+
+/// The listeners opened inside a pod's netns at enrolment, and the netns cookie.
+struct PodListeners {
+    out4: std::net::TcpListener,
+    out6: Option<std::net::TcpListener>,
+    inb: std::net::TcpListener,
+    hbone: Option<std::net::TcpListener>,
+    cookie: u64,
 }
 
 /// One enrolled pod.
@@ -103,6 +120,12 @@ pub struct Agent {
     pending: bool,
     /// What `pods.json` was last written for.
     written: String,
+    /// Services, endpoints and the trust bundle from the controller (read by the proxy).
+    mesh: Arc<SharedMesh>,
+    /// Workload certificates (controller mode).
+    certs: Option<Arc<CertManager>>,
+    /// The mTLS tunnel (controller mode).
+    tunnel: Option<Arc<TunnelCtx>>,
 }
 
 impl Agent {
@@ -137,6 +160,9 @@ impl Agent {
             controller: None,
             pending: false,
             written: String::new(),
+            mesh: Arc::new(SharedMesh::default()),
+            certs: None,
+            tunnel: None,
         })
     }
 
@@ -146,12 +172,33 @@ impl Agent {
 
     /// Runs until SIGTERM/SIGINT.
     pub async fn run(mut self) -> Result<(), AgentError> {
-        if let Source::Controller { url, credential } = &self.cfg.source {
+        if let Source::Controller {
+            url,
+            credential,
+            ca,
+            cert_ttl,
+        } = &self.cfg.source
+        {
             self.controller = Some(sources::controller::ControllerSource::spawn(
                 url.clone(),
                 self.cfg.node.clone(),
                 credential.clone(),
             ));
+            let mut mc = ManagerConfig::new(ca.clone(), credential.clone());
+            mc.ttl = *cert_ttl;
+            let certs = Arc::new(CertManager::new(mc).map_err(|e| AgentError::Pod {
+                pod: "-".into(),
+                message: format!("certificate manager for {ca}: {e}"),
+            })?);
+            self.tunnel = Some(Arc::new(TunnelCtx {
+                pool: crate::hbone::client::Pool::default(),
+                certs: Arc::new(crate::proxy::certs::AgentCerts {
+                    manager: certs.clone(),
+                    mesh: self.mesh.clone(),
+                }),
+                mesh: self.mesh.clone(),
+            }));
+            self.certs = Some(certs);
         }
         if let Some(addr) = self.cfg.metrics_addr {
             let m = self.metrics.clone();
@@ -259,6 +306,9 @@ impl Agent {
                 }
             }
         };
+        if let Some(m) = &snap.mesh {
+            self.mesh.store(m.clone());
+        }
         let (desired, errors) =
             enrolment::desired(&snap.workloads, &self.cfg.node, self.cfg.fast_path);
         for e in errors {
@@ -285,6 +335,14 @@ impl Agent {
             }
         }
         self.pending = desired.keys().any(|uid| !self.enrolled.contains_key(uid));
+        if let Some(certs) = &self.certs {
+            // Prefetch and rotate the identities of the pods on this node; drop the others.
+            certs.track(
+                desired
+                    .values()
+                    .filter_map(|p| crate::identity::Identity::parse(&p.identity).ok()),
+            );
+        }
         self.metrics.enrolled_pods.set(self.enrolled.len() as i64);
         let fingerprint = format!(
             "{:?}",
@@ -310,31 +368,64 @@ impl Agent {
         let pid = locate::first_pid(&cgroup).map_err(|e| perr(e.to_string()))?;
         let ns = locate::open_netns(pid).map_err(|e| perr(e.to_string()))?;
         let ns_for_worker = ns.try_clone()?;
+        let tunnelled = self.tunnel.is_some();
         let worker = NetnsWorker::spawn(ns_for_worker, &plan.name)
             .map_err(|e: WorkerError| perr(e.to_string()))?;
         let opened = worker
-            .run(|| -> std::io::Result<(std::net::TcpListener, Option<std::net::TcpListener>, std::net::TcpListener, u64)> {
+            .run(move || -> std::io::Result<PodListeners> {
                 let mark = |l: &std::net::TcpListener| -> std::io::Result<()> {
                     l.set_nonblocking(true)?;
                     netns::set_mark(l.as_raw_fd(), mesh_common::MESH_MARK)
                 };
-                let out4 = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, mesh_common::ports::OUTBOUND))?;
+                let out4 = std::net::TcpListener::bind((
+                    Ipv4Addr::LOCALHOST,
+                    mesh_common::ports::OUTBOUND,
+                ))?;
                 mark(&out4)?;
                 // IPv6 loopback may be absent in the pod: then connect6 redirects have no listener
                 // and fail closed, which is the right outcome.
-                let out6 = std::net::TcpListener::bind((std::net::Ipv6Addr::LOCALHOST, mesh_common::ports::OUTBOUND)).ok();
+                let out6 = std::net::TcpListener::bind((
+                    std::net::Ipv6Addr::LOCALHOST,
+                    mesh_common::ports::OUTBOUND,
+                ))
+                .ok();
                 if let Some(l) = &out6 {
                     mark(l)?;
                 }
-                let inb = std::net::TcpListener::bind((Ipv4Addr::UNSPECIFIED, mesh_common::ports::INBOUND))?;
+                let inb = std::net::TcpListener::bind((
+                    Ipv4Addr::UNSPECIFIED,
+                    mesh_common::ports::INBOUND,
+                ))?;
                 mark(&inb)?;
+                let hbone = if tunnelled {
+                    let l = std::net::TcpListener::bind((
+                        Ipv4Addr::UNSPECIFIED,
+                        mesh_common::ports::HBONE,
+                    ))?;
+                    mark(&l)?;
+                    Some(l)
+                } else {
+                    None
+                };
                 let cookie = netns::netns_cookie(out4.as_raw_fd())?;
-                Ok((out4, out6, inb, cookie))
+                Ok(PodListeners {
+                    out4,
+                    out6,
+                    inb,
+                    hbone,
+                    cookie,
+                })
             })
             .await
             .map_err(|e| perr(e.to_string()))?
             .map_err(|e| perr(format!("opening the in-pod listeners: {e}")))?;
-        let (out4, out6, inb, cookie) = opened;
+        let PodListeners {
+            out4,
+            out6,
+            inb,
+            hbone,
+            cookie,
+        } = opened;
         let index = self.next_index;
         self.next_index += 1;
         let enrolment = Enrolment {
@@ -365,6 +456,8 @@ impl Agent {
             cancel: tokio_util::sync::CancellationToken::new(),
             pool: std::sync::Mutex::new(Vec::new()),
             refilling: std::sync::atomic::AtomicBool::new(false),
+            identity: plan.identity.clone(),
+            tunnel: self.tunnel.clone(),
         });
         ctx.refill();
         let mut tasks = vec![];
@@ -387,6 +480,16 @@ impl Agent {
             return Err(e.into());
         }
         tasks.push(tokio::spawn(inbound::serve(inb, ctx.clone())));
+        if let (Some(l), Some(t)) = (hbone, &self.tunnel) {
+            let server = crate::hbone::server::Server::new(
+                ctx.clone(),
+                plan.identity.clone(),
+                t.certs.clone(),
+                Arc::new(crate::hbone::AllowAll),
+            );
+            tasks.push(tokio::spawn(server.serve(TcpListener::from_std(l)?)));
+            listeners.push(format!("0.0.0.0:{}", mesh_common::ports::HBONE));
+        }
         let cgroup_id = locate::cgroup_id(&cgroup).unwrap_or(0);
         info!(pod = %pod, uid = %plan.uid, ip = %plan.ip, netns_cookie = cookie, cgroup_id, fast_path = plan.fast_path, "enrolled");
         self.enrolled.insert(
@@ -415,6 +518,9 @@ impl Agent {
         }
         for t in &e.accept_tasks {
             t.abort();
+        }
+        if let Some(t) = &self.tunnel {
+            t.pool.forget_pod(uid);
         }
         if hard {
             e.ctx.cancel.cancel();

@@ -55,6 +55,8 @@ impl NodeArgs {
 }
 
 #[derive(Subcommand)]
+// Parsed once at start: the size of `Run` does not matter.
+#[allow(clippy::large_enum_variant)]
 enum Command {
     /// Run the agent: attach (or adopt) the data path, enrol meshed pods, proxy their traffic.
     Run {
@@ -66,9 +68,16 @@ enum Command {
         /// Workloads from mesh-controller's config stream (e.g. http://10.100.0.254:15010).
         #[arg(long, conflicts_with_all = ["local_config", "lab_cluster_dir"], required_unless_present_any = ["local_config", "lab_cluster_dir"])]
         controller: Option<String>,
-        /// File holding this node's bootstrap token for the controller.
+        /// File holding this node's credential for the controller (files mode: its bootstrap
+        /// token; Kubernetes: the projected ServiceAccount token). Re-read for every request.
         #[arg(long, requires = "controller")]
         token_file: Option<PathBuf>,
+        /// The controller's certificate service; default: the --controller host on port 15012.
+        #[arg(long, requires = "controller")]
+        ca: Option<String>,
+        /// Requested lifetime of workload certificates (rotated at half-life).
+        #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
+        cert_ttl: Duration,
         /// Workloads from a local file (YAML/JSON `{workloads: [...]}`), the shape the controller streams.
         #[arg(long, conflicts_with = "lab_cluster_dir")]
         local_config: Option<PathBuf>,
@@ -165,6 +174,8 @@ fn main() -> anyhow::Result<()> {
             pods_cgroup,
             controller,
             token_file,
+            ca,
+            cert_ttl,
             local_config,
             lab_cluster_dir,
             metrics,
@@ -183,7 +194,16 @@ fn main() -> anyhow::Result<()> {
                         }
                         None => Credential::Token(String::new()),
                     };
-                    Source::Controller { url, credential }
+                    let ca = match ca {
+                        Some(ca) => ca,
+                        None => ca_from_controller(&url)?,
+                    };
+                    Source::Controller {
+                        url,
+                        credential,
+                        ca,
+                        cert_ttl,
+                    }
                 }
                 (None, Some(f), _) => Source::Local(f),
                 (None, None, Some(d)) => Source::Lab(d),
@@ -400,4 +420,21 @@ fn bpf(cmd: BpfCommand) -> anyhow::Result<()> {
             })
         }
     }
+}
+
+/// `http://host:15010` → `http://host:15012`.
+fn ca_from_controller(url: &str) -> anyhow::Result<String> {
+    let uri: http::Uri = url
+        .parse()
+        .with_context(|| format!("--controller {url:?} is not a URL"))?;
+    let host = uri
+        .host()
+        .with_context(|| format!("--controller {url:?} has no host"))?;
+    let scheme = uri.scheme_str().unwrap_or("http");
+    let host = if host.contains(':') && !host.starts_with('[') {
+        format!("[{host}]")
+    } else {
+        host.to_string()
+    };
+    Ok(format!("{scheme}://{host}:{}", mesh_common::ports::CA))
 }

@@ -129,6 +129,8 @@ fn pod(ip: Ipv4Addr, name: &str) -> Arc<PodCtx> {
         cancel: tokio_util::sync::CancellationToken::new(),
         pool: std::sync::Mutex::new(Vec::new()),
         refilling: std::sync::atomic::AtomicBool::new(false),
+        identity: format!("spiffe://cluster.local/ns/t/sa/{name}"),
+        tunnel: None,
     })
 }
 

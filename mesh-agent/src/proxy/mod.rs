@@ -1,14 +1,17 @@
-//! The node proxy's L4 path (plain TCP; the mTLS tunnel is a later issue).
+//! The node proxy's L4 path.
 //!
 //! - outbound (`127.0.0.1:15001` in the client pod): recover the original destination recorded by
-//!   the eBPF hooks, connect to it from inside the client pod's netns (the server sees the pod's IP),
-//!   copy both ways.
+//!   the eBPF hooks; with the controller's mesh state, a service VIP picks an endpoint and a meshed
+//!   endpoint is reached through the HBONE tunnel ([`crate::hbone`]) with the pod's identity;
+//!   anything else is connected to from inside the client pod's netns (the server sees the pod's
+//!   IP); copy both ways.
 //! - inbound (`:15006` in the server pod): the accepted socket's local address is the original
 //!   destination; connect to the app over loopback inside the pod netns, copy both ways.
 //!
 //! Half-close is propagated (a FIN on one side shuts down writing on the other); a reset on either
 //! side resets the other (SO_LINGER 0).
 pub mod baseline;
+pub mod certs;
 pub mod inbound;
 pub mod outbound;
 pub mod relay;
@@ -50,6 +53,17 @@ pub struct PodCtx {
     /// Pre-created upstream IPv4 sockets (created in the pod netns, marked, TCP_NODELAY).
     pub pool: Mutex<Vec<TcpSocket>>,
     pub refilling: AtomicBool,
+    /// The pod's SPIFFE ID (its tunnels present this identity).
+    pub identity: String,
+    /// The mTLS tunnel (controller mode); `None`: plain TCP everywhere (local/lab sources).
+    pub tunnel: Option<Arc<TunnelCtx>>,
+}
+
+/// What the proxy needs to tunnel: the node-wide HBONE pool, certificates, the mesh state.
+pub struct TunnelCtx {
+    pub pool: crate::hbone::client::Pool,
+    pub certs: Arc<dyn crate::hbone::CertSource>,
+    pub mesh: Arc<crate::state::mesh::SharedMesh>,
 }
 
 /// A socket for the proxy's own connections: created in the current thread's netns, with the mesh

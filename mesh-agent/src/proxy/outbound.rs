@@ -9,8 +9,8 @@ use mesh_common::{AF_INET, AF_INET6, OrigDst, SrcKey};
 use tokio::net::{TcpListener, TcpStream};
 use tracing::{debug, warn};
 
-use super::{PodCtx, relay};
-use crate::{ebpf::OrigDstTable, metrics::Direction};
+use super::{PodCtx, TunnelCtx, relay};
+use crate::{ebpf::OrigDstTable, hbone::client::Target, metrics::Direction, state::mesh::Upstream};
 
 pub async fn serve(listener: TcpListener, pod: Arc<PodCtx>, orig: Arc<OrigDstTable>) {
     loop {
@@ -81,7 +81,43 @@ async fn handle(client: TcpStream, peer: SocketAddr, pod: Arc<PodCtx>, orig: Arc
             return;
         }
     };
-    let Some(r) = super::forward(&pod, client, dst, Direction::Outbound).await else {
+    let upstream = match &pod.tunnel {
+        Some(t) => t.mesh.load().resolve(dst),
+        None => Upstream::Plain(dst),
+    };
+    let to = match upstream {
+        Upstream::Plain(to) => to,
+        Upstream::NoEndpoints(svc) => {
+            debug!(pod = %pod.id(), original_dst = %dst, service = svc, "no endpoints: reset");
+            m.connection(Direction::Outbound, "no_endpoints");
+            relay::reset(&client);
+            return;
+        }
+        Upstream::Hbone {
+            via,
+            authority,
+            identity,
+            service,
+        } => {
+            let Some(t) = pod.tunnel.clone() else { return };
+            tunnel(
+                &pod,
+                &t,
+                client,
+                peer,
+                dst,
+                Target {
+                    via,
+                    authority,
+                    identity,
+                },
+                service,
+            )
+            .await;
+            return;
+        }
+    };
+    let Some(r) = super::forward(&pod, client, to, Direction::Outbound).await else {
         return;
     };
     debug!(
@@ -89,6 +125,69 @@ async fn handle(client: TcpStream, peer: SocketAddr, pod: Arc<PodCtx>, orig: Arc
         duration_ms = start.elapsed().as_millis() as u64, error = ?r.error.as_ref().map(|e| e.to_string()),
         "outbound connection closed"
     );
+}
+
+/// Relays `client` through an HBONE stream to `target`. A refused tunnel (401/503, TLS failure,
+/// no certificate) resets the client: STRICT never degrades to plaintext.
+async fn tunnel(
+    pod: &Arc<PodCtx>,
+    t: &TunnelCtx,
+    client: TcpStream,
+    peer: SocketAddr,
+    dst: SocketAddr,
+    target: Target,
+    service: Option<String>,
+) {
+    let m = &pod.metrics;
+    let start = Instant::now();
+    let headers = [
+        ("forwarded", format!("for=\"{}:{}\"", pod.ip, peer.port())),
+        (
+            "baggage",
+            format!(
+                "k8s.namespace.name={},k8s.pod.name={}",
+                pod.namespace, pod.name
+            ),
+        ),
+        ("traceparent", traceparent()),
+    ];
+    let tn = match t
+        .pool
+        .connect(pod, &pod.identity, &*t.certs, &target, &headers)
+        .await
+    {
+        Ok(tn) => tn,
+        Err(e) => {
+            warn!(source = %pod.id(), original_dst = %dst, destination = %target.identity, "tunnel refused: {e}");
+            m.connection(Direction::Outbound, "tunnel_failed");
+            relay::reset(&client);
+            return;
+        }
+    };
+    let _ = client.set_nodelay(true);
+    m.connection(Direction::Outbound, "ok");
+    let r = tokio::select! {
+        r = crate::hbone::copy::bidi(client, tn.send, tn.recv) => r,
+        _ = pod.cancel.cancelled() => crate::hbone::copy::Copied { error: Some("pod deleted".into()), ..Default::default() },
+    };
+    m.bytes(Direction::Outbound, r.sent, r.received);
+    debug!(
+        source = %pod.id(), original_dst = %dst, via = %target.via, destination = %target.identity,
+        service = ?service, sent = r.sent, received = r.received,
+        duration_ms = start.elapsed().as_millis() as u64, error = ?r.error,
+        "outbound tunnel closed"
+    );
+}
+
+/// A W3C traceparent for one tunnel (sampled flag off).
+fn traceparent() -> String {
+    use std::hash::{BuildHasher as _, Hasher as _};
+    let r = |salt: u64| {
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u64(salt);
+        h.finish()
+    };
+    format!("00-{:016x}{:016x}-{:016x}-00", r(1), r(2), r(3))
 }
 
 #[cfg(test)]

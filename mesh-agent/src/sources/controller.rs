@@ -76,6 +76,7 @@ pub fn workload_from_proto(w: &mesh_common::proto::config::Workload) -> Result<W
             .map(port)
             .collect::<Result<_, _>>()?,
         exclude_outbound_cidrs: w.exclude_outbound_cidrs.clone(),
+        identity: w.identity.clone(),
     })
 }
 
@@ -98,6 +99,7 @@ pub fn apply(
         }
         next.insert(r.name.clone(), r.clone());
     }
+    crate::state::mesh::MeshState::from_resources(next.values())?;
     Ok(next)
 }
 
@@ -190,9 +192,17 @@ impl ControllerSource {
                 _ => None,
             })
             .collect();
+        // Validated when the update was accepted; a failure here cannot happen but is not hidden.
+        let mesh = crate::state::mesh::MeshState::from_resources(s.resources.values()).map_err(
+            |message| SourceError::Parse {
+                path: self.url.clone(),
+                message,
+            },
+        )?;
         Ok(Snapshot {
             workloads,
             problems: vec![],
+            mesh: Some(Arc::new(mesh)),
         })
     }
 }

@@ -45,6 +45,7 @@ pub fn read(dir: &Path) -> Result<Snapshot, SourceError> {
     Ok(Snapshot {
         workloads,
         problems,
+        mesh: None,
     })
 }
 
@@ -144,6 +145,7 @@ pub fn workloads_from_objects(objects: &[Value]) -> (Vec<Workload>, Vec<String>)
                         .collect()
                 })
                 .unwrap_or_default(),
+            identity: String::new(),
         });
     }
     (out, problems)

@@ -16,5 +16,6 @@ pub fn read(path: &Path) -> Result<Snapshot, SourceError> {
     Ok(Snapshot {
         workloads: cfg.workloads,
         problems: vec![],
+        mesh: None,
     })
 }

@@ -23,4 +23,6 @@ pub enum SourceError {
 pub struct Snapshot {
     pub workloads: Vec<Workload>,
     pub problems: Vec<String>,
+    /// Services, endpoints and the trust bundle (the controller source only).
+    pub mesh: Option<std::sync::Arc<crate::state::mesh::MeshState>>,
 }

@@ -18,6 +18,8 @@ pub struct PodPlan {
     pub exclude_outbound_ports: Vec<u16>,
     pub exclude_inbound_ports: Vec<u16>,
     pub exclude_outbound_cidrs: Vec<(Ipv4Addr, u8)>,
+    /// SPIFFE ID the pod's tunnels present.
+    pub identity: String,
 }
 
 /// A workload that cannot be planned (bad field): reported, the rest goes on.
@@ -69,6 +71,7 @@ pub fn desired(
                 exclude_outbound_ports: dedup(&w.exclude_outbound_ports),
                 exclude_inbound_ports: dedup(&w.exclude_inbound_ports),
                 exclude_outbound_cidrs: cidrs,
+                identity: w.spiffe_id(),
             },
         );
     }
@@ -119,6 +122,7 @@ mod tests {
             exclude_outbound_ports: vec![5432, 5432],
             exclude_inbound_ports: vec![],
             exclude_outbound_cidrs: vec![],
+            identity: String::new(),
         }
     }
 

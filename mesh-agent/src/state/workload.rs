@@ -31,6 +31,23 @@ pub struct Workload {
     /// IPv4 CIDRs (`10.0.0.0/8`) whose outbound connections are not captured.
     #[serde(default)]
     pub exclude_outbound_cidrs: Vec<String>,
+    /// SPIFFE ID; empty = `spiffe://cluster.local/ns/<namespace>/sa/<service account>`.
+    #[serde(default)]
+    pub identity: String,
+}
+
+impl Workload {
+    /// The pod's SPIFFE ID.
+    pub fn spiffe_id(&self) -> String {
+        if self.identity.is_empty() {
+            format!(
+                "spiffe://cluster.local/ns/{}/sa/{}",
+                self.namespace, self.service_account
+            )
+        } else {
+            self.identity.clone()
+        }
+    }
 }
 
 fn default_sa() -> String {
