@@ -594,8 +594,12 @@ mod tests {
         assert_eq!((info[0].issued_total, info[0].rotations_total), (1, 0));
         let exp = info[0].expiry_seconds(SystemTime::now()).unwrap();
         assert!(exp > 3590.0 && exp <= 3600.0, "{exp}");
+        let t = Instant::now();
+        m.fetch(&id("db")).await.unwrap();
+        let second = t.elapsed();
         eprintln!(
-            "first fetch (connect + keygen + CA + checks): {first:?}; cached fetch: {cached:?}"
+            "first fetch (connect + keygen + CA + checks): {first:?}; next identity (connected): \
+             {second:?}; cached fetch: {cached:?}"
         );
     }
 
