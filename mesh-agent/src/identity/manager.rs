@@ -87,6 +87,25 @@ pub enum CertState {
     Expired,
 }
 
+impl CertState {
+    /// `pending`, `valid`, `renewing`, `failing`, `expired` (admin output, metric labels).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Valid => "valid",
+            Self::Renewing => "renewing",
+            Self::Failing => "failing",
+            Self::Expired => "expired",
+        }
+    }
+}
+
+impl std::fmt::Display for CertState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// One identity's certificate, for the admin endpoint and metrics.
 #[derive(Debug, Clone)]
 pub struct CertInfo {
@@ -670,6 +689,20 @@ mod tests {
         .unwrap();
         let e = m.fetch(&id("web")).await.unwrap_err().to_string();
         assert!(e.contains("/nonexistent/weft-token"), "{e}");
+
+        // A token file is re-read for every request (the kubelet rotates projected tokens).
+        let file = std::env::temp_dir().join(format!("weft-identity-token-{}", std::process::id()));
+        std::fs::write(&file, "stale\n").unwrap();
+        let m = CertManager::new(ManagerConfig::new(
+            ca.serve().await,
+            Credential::File(file.clone()),
+        ))
+        .unwrap();
+        let e = m.fetch(&id("web")).await.unwrap_err().to_string();
+        assert!(e.contains("Unauthenticated"), "{e}");
+        std::fs::write(&file, format!("{TOKEN}\n")).unwrap();
+        m.fetch(&id("web")).await.unwrap();
+        std::fs::remove_file(&file).unwrap();
     }
 
     #[tokio::test]
