@@ -39,7 +39,9 @@ const BACKOFF_JITTER: f64 = 0.20;
 /// How the manager reaches the CA and paces its requests.
 #[derive(Debug, Clone)]
 pub struct ManagerConfig {
-    /// The controller's certificate service, e.g. `http://mesh-controller:15012`.
+    /// The controller's certificate service, e.g. `http://mesh-controller:15012`. Plain HTTP/2
+    /// like the config stream for now (mesh-controller serves 15012 without TLS), so the bearer
+    /// token crosses the network in clear; `https://` needs tonic's TLS feature (not enabled).
     pub ca_address: String,
     /// The node credential sent as `authorization: Bearer …` (a token file is re-read per request).
     pub credential: Credential,
@@ -762,10 +764,10 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(20)).await;
         };
         let after = issued.elapsed();
-        // Half of a 3–4 s lifetime (whole-second validity), ±10%, plus scheduling slack.
+        // Half of a 3–4 s lifetime (whole-second validity), ±10%, plus slack for a busy machine.
         let half = lifetime / 2;
         assert!(
-            after >= half.mul_f64(0.85) && after <= half.mul_f64(1.15) + Duration::from_millis(300),
+            after >= half.mul_f64(0.85) && after <= half.mul_f64(1.1) + Duration::from_secs(1),
             "rotated after {after:?}, lifetime {lifetime:?}"
         );
         assert_ne!(
