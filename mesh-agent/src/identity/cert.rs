@@ -322,6 +322,46 @@ mod tests {
     }
 
     #[test]
+    fn half_life_counts_from_receipt_when_not_before_is_backdated() {
+        // mesh-controller backdates not_before by a minute: a 4 s certificate must not be
+        // "past half-life" on arrival.
+        let ca = TestCa::new("t");
+        *ca.backdate.lock().unwrap() = Duration::from_secs(60);
+        let (key, csr) = generate_csr(&id()).unwrap();
+        let chain = ca.sign_csr(&csr, None, Duration::from_secs(4)).unwrap();
+        let now = SystemTime::now();
+        let cert = WorkloadCert::from_response(&id(), &key, &chain, now).unwrap();
+        assert!(cert.not_before < now - Duration::from_secs(59));
+        let wait = cert.refresh_at().duration_since(now).unwrap();
+        assert!(
+            wait > Duration::from_millis(1400) && wait <= Duration::from_secs(2),
+            "{wait:?}"
+        );
+    }
+
+    /// Not a benchmark harness: the numbers are printed with `--nocapture` for the report.
+    #[test]
+    fn cost_of_keygen_csr_and_checks() {
+        let ca = TestCa::new("t");
+        let n = 200u32;
+        let t = std::time::Instant::now();
+        let csrs: Vec<_> = (0..n).map(|_| generate_csr(&id()).unwrap()).collect();
+        let keygen = t.elapsed() / n;
+        let chains: Vec<_> = csrs
+            .iter()
+            .map(|(_, csr)| ca.sign_csr(csr, None, Duration::from_secs(3600)).unwrap())
+            .collect();
+        let t = std::time::Instant::now();
+        for ((key, _), chain) in csrs.iter().zip(&chains) {
+            WorkloadCert::from_response(&id(), key, chain, SystemTime::now()).unwrap();
+        }
+        let check = t.elapsed() / n;
+        eprintln!(
+            "P-256 keygen + CSR: {keygen:?}/identity; response checks + CertifiedKey: {check:?}/certificate"
+        );
+    }
+
+    #[test]
     fn refuses_bad_responses() {
         let ca = TestCa::new("t");
         let other_ca = TestCa::new("t");

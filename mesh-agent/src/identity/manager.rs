@@ -39,7 +39,9 @@ const BACKOFF_JITTER: f64 = 0.20;
 /// How the manager reaches the CA and paces its requests.
 #[derive(Debug, Clone)]
 pub struct ManagerConfig {
-    /// The controller's certificate service, e.g. `http://mesh-controller:15012`.
+    /// The controller's certificate service, e.g. `http://mesh-controller:15012`. Plain HTTP/2
+    /// like the config stream for now (mesh-controller serves 15012 without TLS), so the bearer
+    /// token crosses the network in clear; `https://` needs tonic's TLS feature (not enabled).
     pub ca_address: String,
     /// The node credential sent as `authorization: Bearer …` (a token file is re-read per request).
     pub credential: Credential,
@@ -85,6 +87,25 @@ pub enum CertState {
     Failing,
     /// The certificate expired and no new one could be obtained.
     Expired,
+}
+
+impl CertState {
+    /// `pending`, `valid`, `renewing`, `failing`, `expired` (admin output, metric labels).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Valid => "valid",
+            Self::Renewing => "renewing",
+            Self::Failing => "failing",
+            Self::Expired => "expired",
+        }
+    }
+}
+
+impl std::fmt::Display for CertState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// One identity's certificate, for the admin endpoint and metrics.
@@ -594,8 +615,12 @@ mod tests {
         assert_eq!((info[0].issued_total, info[0].rotations_total), (1, 0));
         let exp = info[0].expiry_seconds(SystemTime::now()).unwrap();
         assert!(exp > 3590.0 && exp <= 3600.0, "{exp}");
+        let t = Instant::now();
+        m.fetch(&id("db")).await.unwrap();
+        let second = t.elapsed();
         eprintln!(
-            "first fetch (connect + keygen + CA + checks): {first:?}; cached fetch: {cached:?}"
+            "first fetch (connect + keygen + CA + checks): {first:?}; next identity (connected): \
+             {second:?}; cached fetch: {cached:?}"
         );
     }
 
@@ -666,6 +691,20 @@ mod tests {
         .unwrap();
         let e = m.fetch(&id("web")).await.unwrap_err().to_string();
         assert!(e.contains("/nonexistent/weft-token"), "{e}");
+
+        // A token file is re-read for every request (the kubelet rotates projected tokens).
+        let file = std::env::temp_dir().join(format!("weft-identity-token-{}", std::process::id()));
+        std::fs::write(&file, "stale\n").unwrap();
+        let m = CertManager::new(ManagerConfig::new(
+            ca.serve().await,
+            Credential::File(file.clone()),
+        ))
+        .unwrap();
+        let e = m.fetch(&id("web")).await.unwrap_err().to_string();
+        assert!(e.contains("Unauthenticated"), "{e}");
+        std::fs::write(&file, format!("{TOKEN}\n")).unwrap();
+        m.fetch(&id("web")).await.unwrap();
+        std::fs::remove_file(&file).unwrap();
     }
 
     #[tokio::test]
@@ -725,10 +764,10 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(20)).await;
         };
         let after = issued.elapsed();
-        // Half of a 3–4 s lifetime (whole-second validity), ±10%, plus scheduling slack.
+        // Half of a 3–4 s lifetime (whole-second validity), ±10%, plus slack for a busy machine.
         let half = lifetime / 2;
         assert!(
-            after >= half.mul_f64(0.85) && after <= half.mul_f64(1.15) + Duration::from_millis(300),
+            after >= half.mul_f64(0.85) && after <= half.mul_f64(1.1) + Duration::from_secs(1),
             "rotated after {after:?}, lifetime {lifetime:?}"
         );
         assert_ne!(

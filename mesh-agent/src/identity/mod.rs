@@ -120,8 +120,6 @@ pub enum IdentityError {
     InvalidResponse { identity: String, reason: String },
     #[error("building the rustls key for {identity}: {reason}")]
     Tls { identity: String, reason: String },
-    #[error("no certificate for {identity} yet")]
-    NotFetched { identity: String },
 }
 
 #[cfg(test)]

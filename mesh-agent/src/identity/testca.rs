@@ -36,6 +36,8 @@ pub struct TestCa {
     pub slow: Mutex<HashMap<String, Duration>>,
     /// Delay every answer.
     pub delay: Mutex<Duration>,
+    /// Start validity this long before now (mesh-controller backdates by a minute).
+    pub backdate: Mutex<Duration>,
 }
 
 impl TestCa {
@@ -58,6 +60,7 @@ impl TestCa {
             san_override: Mutex::default(),
             slow: Mutex::default(),
             delay: Mutex::default(),
+            backdate: Mutex::default(),
         }
     }
 
@@ -89,7 +92,8 @@ impl TestCa {
         ];
         p.serial_number = Some(SerialNumber::from(fastrand::u64(..).to_be_bytes().to_vec()));
         let now = time::OffsetDateTime::now_utc();
-        p.not_before = now;
+        let backdate = *self.backdate.lock().map_err(|e| e.to_string())?;
+        p.not_before = now - time::Duration::milliseconds(backdate.as_millis() as i64);
         p.not_after = now + time::Duration::milliseconds(ttl.as_millis() as i64);
         csr.params = p;
         let leaf = csr.signed_by(&self.issuer).map_err(|e| e.to_string())?;
@@ -115,7 +119,11 @@ impl TestCa {
         tokio::spawn(
             tonic::transport::Server::builder()
                 .add_service(svc)
-                .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener)),
+                .serve_with_incoming(
+                    // Like `Server::serve` (what mesh-controller uses): no Nagle, else every
+                    // call waits ~40 ms for a delayed ACK.
+                    tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
+                ),
         );
         format!("http://{addr}")
     }
