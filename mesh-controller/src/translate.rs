@@ -5,7 +5,8 @@
 use std::{collections::BTreeMap, sync::Arc};
 
 use mesh_common::proto::config::{
-    Endpoint, Resource, Service, ServicePort, TrustBundle, Workload, resource::Kind,
+    AddressBook, Endpoint, PeerAddress, Resource, Service, ServicePort, TrustBundle, Workload,
+    resource::Kind,
 };
 
 use crate::{
@@ -226,6 +227,38 @@ pub fn all_nodes(model: &Model, opts: &TranslateOptions<'_>) -> BTreeMap<String,
     for p in &pods {
         pods_by_node.entry(p.node.as_str()).or_default().push(p);
     }
+    // Every node's meshed pods, one shared resource per node, sent to all nodes.
+    let mut address_books: Vec<Arc<Resource>> = vec![];
+    for (node, pods) in &pods_by_node {
+        let meshed: Vec<PeerAddress> = pods
+            .iter()
+            .filter(|p| p.running && !node.is_empty())
+            .filter_map(|p| {
+                let ip = p.ip?;
+                let m = *mesh_by_ns
+                    .entry(p.namespace.as_str())
+                    .or_insert_with(|| namespace_meshed(model, &p.namespace))
+                    && !pod_opted_out(p);
+                m.then(|| PeerAddress {
+                    uid: p.uid.clone(),
+                    name: p.name.clone(),
+                    namespace: p.namespace.clone(),
+                    ip: ip.to_string(),
+                    identity: identity(trust_domain, p),
+                })
+            })
+            .collect();
+        if !meshed.is_empty() {
+            let name = format!("addresses/{node}");
+            address_books.push(Arc::new(Resource {
+                name: name.clone(),
+                kind: Some(Kind::AddressBook(AddressBook {
+                    node: node.to_string(),
+                    pods: meshed,
+                })),
+            }));
+        }
+    }
     for (node, cfg) in out.iter_mut() {
         for p in pods_by_node.get(node.as_str()).into_iter().flatten() {
             if let Some(mut w) = workload(model, p, trust_domain) {
@@ -246,7 +279,11 @@ pub fn all_nodes(model: &Model, opts: &TranslateOptions<'_>) -> BTreeMap<String,
                 );
             }
         }
-        for s in services.iter().chain(&compiled.shared) {
+        for s in services
+            .iter()
+            .chain(&compiled.shared)
+            .chain(&address_books)
+        {
             cfg.insert(s.name.clone(), s.clone());
         }
     }
@@ -370,11 +407,31 @@ mod tests {
         m.insert(json!({"kind": "Pod", "metadata": {"name": "o", "namespace": "demo", "uid": "uo"},
                         "spec": {"nodeName": "node-a"}, "status": {"phase": "Running", "podIP": "10.244.1.3"}}));
         let after = all_nodes(&m, &TranslateOptions::new("td"));
+        // The pod joined the mesh: its node gets the workload, every node its node's address book.
         let (up, rm) = diff(&before["node-a"], &after["node-a"]);
-        assert_eq!(up.len(), 1);
-        assert_eq!(up[0].name, "workload/uo");
+        let mut names: Vec<&str> = up.iter().map(|r| r.name.as_str()).collect();
+        names.sort();
+        assert_eq!(names, vec!["addresses/node-a", "workload/uo"]);
         assert!(rm.is_empty());
-        assert_eq!(diff(&before["node-b"], &after["node-b"]), (vec![], vec![]));
+        let (up, _) = diff(&before["node-b"], &after["node-b"]);
+        assert_eq!(up.len(), 1);
+        assert_eq!(up[0].name, "addresses/node-a");
+        let Some(Kind::AddressBook(book)) = &up[0].kind else {
+            panic!()
+        };
+        let ips: Vec<&str> = book.pods.iter().map(|p| p.ip.as_str()).collect();
+        assert_eq!(ips, vec!["10.244.1.2", "10.244.1.3"], "meshed pods only");
+        // A change to a pod outside the mesh reaches its node only.
+        let mut m2 = m.clone();
+        m2.insert(json!({"kind": "Pod", "metadata": {"name": "p", "namespace": "plain", "uid": "up", "labels": {"app": "c"}},
+                         "spec": {"nodeName": "node-b"}, "status": {"phase": "Running", "podIP": "10.244.2.2"}}));
+        let after2 = all_nodes(&m2, &TranslateOptions::new("td"));
+        assert_eq!(diff(&after["node-a"], &after2["node-a"]), (vec![], vec![]));
+        let (up, _) = diff(&after["node-b"], &after2["node-b"]);
+        assert_eq!(
+            up.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(),
+            vec!["workload/up"]
+        );
     }
 
     /// The base model plus a meshed namespace `shop` with pods on node-a (app=web) and node-b

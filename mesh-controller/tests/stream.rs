@@ -27,7 +27,9 @@ fn model(weight_pod_b: bool) -> Model {
         json!({"kind": "Pod", "metadata": {"name": "b", "namespace": "demo", "uid": "ub"}, "spec": {"nodeName": "node-b"}, "status": {"phase": "Running", "podIP": "10.244.2.2"}}),
     ];
     if weight_pod_b {
-        objs.push(json!({"kind": "Pod", "metadata": {"name": "a2", "namespace": "demo", "uid": "ua2"}, "spec": {"nodeName": "node-a"}, "status": {"phase": "Running", "podIP": "10.244.1.3"}}));
+        // Opted out of the mesh: no other node needs to know it (a meshed pod would also change
+        // node-a's address book, which every node receives).
+        objs.push(json!({"kind": "Pod", "metadata": {"name": "a2", "namespace": "demo", "uid": "ua2", "annotations": {"weft.dev/mesh": "disabled"}}, "spec": {"nodeName": "node-a"}, "status": {"phase": "Running", "podIP": "10.244.1.3"}}));
     }
     for o in objs {
         m.insert(o);
@@ -137,14 +139,14 @@ async fn snapshot_then_deltas_only_to_affected_nodes_and_nacks_in_status() {
             .iter()
             .map(|r| r.name.as_str())
             .collect::<Vec<_>>(),
-        vec!["workload/ua"]
+        vec!["addresses/node-a", "addresses/node-b", "workload/ua"]
     );
     assert_eq!(
         sb.resources
             .iter()
             .map(|r| r.name.as_str())
             .collect::<Vec<_>>(),
-        vec!["workload/ub"]
+        vec!["addresses/node-a", "addresses/node-b", "workload/ub"]
     );
     a.ack(&sa, true, "").await;
     b.ack(&sb, true, "").await;
@@ -286,7 +288,15 @@ async fn an_agent_that_subscribes_before_the_first_config_waits_for_it() {
     assert!(s.snapshot, "the first update is a snapshot");
     let mut names: Vec<&str> = s.resources.iter().map(|r| r.name.as_str()).collect();
     names.sort();
-    assert_eq!(names, vec!["trust-bundle", "workload/ua"]);
+    assert_eq!(
+        names,
+        vec![
+            "addresses/node-a",
+            "addresses/node-b",
+            "trust-bundle",
+            "workload/ua"
+        ]
+    );
     a.ack(&s, true, "").await;
     // Later updates are deltas.
     hub.update(translate::with_trust_bundle(

@@ -41,7 +41,7 @@ pub struct ServicePort {
     next: AtomicUsize,
 }
 
-/// A meshed pod reachable by IP (from service endpoints).
+/// A meshed pod reachable by IP (from the address books and service endpoints).
 #[derive(Clone, Debug, PartialEq)]
 pub struct PodInfo {
     pub name: String,
@@ -137,6 +137,29 @@ impl MeshState {
                                 }),
                             );
                         }
+                    }
+                }
+                Some(Kind::AddressBook(book)) => {
+                    for p in &book.pods {
+                        let ip: IpAddr = p.ip.parse().map_err(|_| {
+                            format!(
+                                "{}: pod {}/{}: bad ip {:?}",
+                                r.name, p.namespace, p.name, p.ip
+                            )
+                        })?;
+                        if !p.identity.starts_with("spiffe://") {
+                            return Err(format!(
+                                "{}: pod {}/{}: no SPIFFE identity",
+                                r.name, p.namespace, p.name
+                            ));
+                        }
+                        me.meshed_pods.insert(
+                            ip,
+                            PodInfo {
+                                name: p.name.clone(),
+                                identity: p.identity.clone(),
+                            },
+                        );
                     }
                 }
                 Some(Kind::TrustBundle(b)) => {
@@ -267,7 +290,25 @@ mod tests {
             svc("plain", "10.96.0.2", vec![ep("p", "10.244.1.9", false)]),
             svc("empty", "10.96.0.3", vec![]),
         ];
-        let m = MeshState::from_resources(res.iter()).unwrap();
+        let book = Resource {
+            name: "addresses/n".into(),
+            kind: Some(Kind::AddressBook(pc::AddressBook {
+                node: "n".into(),
+                pods: vec![pc::PeerAddress {
+                    uid: "u-solo".into(),
+                    name: "solo".into(),
+                    namespace: "demo".into(),
+                    ip: "10.244.3.3".into(),
+                    identity: "spiffe://cluster.local/ns/demo/sa/solo".into(),
+                }],
+            })),
+        };
+        let m = MeshState::from_resources(res.iter().chain([&book])).unwrap();
+        // A meshed pod behind no service, by IP.
+        assert!(matches!(
+            m.resolve("10.244.3.3:7000".parse().unwrap()),
+            Upstream::Hbone { identity, service: None, .. } if identity.ends_with("/sa/solo")
+        ));
         let a: SocketAddr = "10.96.0.1:80".parse().unwrap();
         // Round robin over both meshed endpoints, over HBONE with the endpoint's identity.
         let picks: Vec<Upstream> = (0..2).map(|_| m.resolve(a)).collect();
