@@ -272,6 +272,29 @@ impl Agent {
                     .set(v as i64);
             }
         }
+        if let Some(certs) = &self.certs {
+            let now = std::time::SystemTime::now();
+            self.metrics.cert_expiry.clear();
+            for c in certs.certs() {
+                let l = crate::metrics::IdentityLabels {
+                    identity: c.identity.to_string(),
+                };
+                if let Some(s) = c.expiry_seconds(now) {
+                    self.metrics.cert_expiry.get_or_create(&l).set(s);
+                }
+                self.metrics
+                    .cert_rotations
+                    .get_or_create(&l)
+                    .set(c.rotations_total as i64);
+                self.metrics
+                    .cert_failures
+                    .get_or_create(&l)
+                    .set(c.failures_total as i64);
+            }
+        }
+        if let Some(c) = &self.controller {
+            self.metrics.config_generation.set(c.generation() as i64);
+        }
     }
 
     fn read_source(&self) -> Result<Snapshot, sources::SourceError> {
@@ -457,6 +480,7 @@ impl Agent {
             pool: std::sync::Mutex::new(Vec::new()),
             refilling: std::sync::atomic::AtomicBool::new(false),
             identity: plan.identity.clone(),
+            workload: plan.workload.clone(),
             tunnel: self.tunnel.clone(),
         });
         ctx.refill();

@@ -130,6 +130,7 @@ fn pod(ip: Ipv4Addr, name: &str) -> Arc<PodCtx> {
         pool: std::sync::Mutex::new(Vec::new()),
         refilling: std::sync::atomic::AtomicBool::new(false),
         identity: format!("spiffe://cluster.local/ns/t/sa/{name}"),
+        workload: name.into(),
         tunnel: None,
     })
 }

@@ -245,6 +245,15 @@ pub fn all_nodes(model: &Model, opts: &TranslateOptions<'_>) -> BTreeMap<String,
                     namespace: p.namespace.clone(),
                     ip: ip.to_string(),
                     identity: identity(trust_domain, p),
+                    workload: [
+                        "service.istio.io/canonical-name",
+                        "app.kubernetes.io/name",
+                        "app",
+                    ]
+                    .iter()
+                    .find_map(|k| p.labels.get(*k))
+                    .cloned()
+                    .unwrap_or_else(|| p.name.clone()),
                 })
             })
             .collect();

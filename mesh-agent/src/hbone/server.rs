@@ -240,11 +240,14 @@ impl Server {
             }
         };
         m.connection(Direction::Inbound, "ok");
+        let labels = self.pod.destination_labels(peer.ip(), Some(&src_identity));
+        m.tcp_opened(&labels);
         let r = tokio::select! {
             r = copy::bidi(upstream, send, req.into_body()) => r,
             _ = self.pod.cancel.cancelled() => copy::Copied { error: Some("pod deleted".into()), ..Default::default() },
         };
         m.bytes(Direction::Inbound, r.received, r.sent);
+        m.tcp_closed(&labels, r.received, r.sent);
         debug!(
             src = %src_identity, destination_pod = %self.pod.id(), %dst, received = r.received, sent = r.sent,
             error = ?r.error, "HBONE stream closed"

@@ -40,7 +40,8 @@ async fn handle(client: TcpStream, peer: SocketAddr, pod: Arc<PodCtx>) {
         }
     };
     let app = SocketAddr::new(Ipv4Addr::LOCALHOST.into(), dst.port());
-    let Some(r) = super::forward(&pod, client, app, Direction::Inbound).await else {
+    let labels = pod.destination_labels(peer.ip(), None);
+    let Some(r) = super::forward(&pod, client, app, Direction::Inbound, &labels).await else {
         return;
     };
     debug!(

@@ -55,6 +55,8 @@ pub struct PodCtx {
     pub refilling: AtomicBool,
     /// The pod's SPIFFE ID (its tunnels present this identity).
     pub identity: String,
+    /// Istio canonical workload name (telemetry).
+    pub workload: String,
     /// The mTLS tunnel (controller mode); `None`: plain TCP everywhere (local/lab sources).
     pub tunnel: Option<Arc<TunnelCtx>>,
 }
@@ -136,6 +138,7 @@ pub async fn forward(
     client: tokio::net::TcpStream,
     target: std::net::SocketAddr,
     direction: Direction,
+    labels: &crate::metrics::TcpLabels,
 ) -> Option<relay::RelayResult> {
     let m = &pod.metrics;
     let sock = match pod.socket(target.is_ipv4()).await {
@@ -158,10 +161,68 @@ pub async fn forward(
     };
     let _ = client.set_nodelay(true);
     m.connection(direction, "ok");
+    m.tcp_opened(labels);
     let r = tokio::select! {
         r = relay::relay(client, upstream) => r,
         _ = pod.cancel.cancelled() => relay::RelayResult { a_to_b: 0, b_to_a: 0, error: Some(std::io::Error::other("pod deleted")) },
     };
     m.bytes(direction, r.a_to_b, r.b_to_a);
+    m.tcp_closed(labels, r.a_to_b, r.b_to_a);
     Some(r)
+}
+
+/// The namespace of a SPIFFE ID (`spiffe://<td>/ns/<ns>/sa/<sa>`), `unknown` otherwise.
+pub fn namespace_of(identity: &str) -> String {
+    identity
+        .split("/ns/")
+        .nth(1)
+        .and_then(|r| r.split('/').next())
+        .filter(|n| !n.is_empty())
+        .unwrap_or("unknown")
+        .to_string()
+}
+
+impl PodCtx {
+    /// Istio TCP labels with this pod as the client (`reporter="source"`).
+    pub fn source_labels(&self) -> crate::metrics::TcpLabels {
+        crate::metrics::TcpLabels {
+            reporter: "source".into(),
+            source_workload: self.workload.clone(),
+            source_workload_namespace: self.namespace.clone(),
+            source_principal: self.identity.clone(),
+            ..crate::metrics::TcpLabels::unknown()
+        }
+    }
+
+    /// Istio TCP labels with this pod as the server (`reporter="destination"`); the client is
+    /// looked up by IP among the meshed pods.
+    pub fn destination_labels(
+        &self,
+        src_ip: std::net::IpAddr,
+        src_principal: Option<&str>,
+    ) -> crate::metrics::TcpLabels {
+        let mut l = crate::metrics::TcpLabels {
+            reporter: "destination".into(),
+            destination_workload: self.workload.clone(),
+            destination_workload_namespace: self.namespace.clone(),
+            destination_principal: self.identity.clone(),
+            connection_security_policy: if src_principal.is_some() {
+                "mutual_tls".into()
+            } else {
+                "none".into()
+            },
+            ..crate::metrics::TcpLabels::unknown()
+        };
+        if let Some(p) = src_principal {
+            l.source_principal = p.to_string();
+            l.source_workload_namespace = namespace_of(p);
+        }
+        if let Some(t) = &self.tunnel
+            && let Some(src) = t.mesh.load().meshed_pod(&src_ip)
+        {
+            l.source_workload = src.workload.clone();
+            l.source_workload_namespace = namespace_of(&src.identity);
+        }
+        l
+    }
 }

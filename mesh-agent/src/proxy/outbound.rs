@@ -117,7 +117,8 @@ async fn handle(client: TcpStream, peer: SocketAddr, pod: Arc<PodCtx>, orig: Arc
             return;
         }
     };
-    let Some(r) = super::forward(&pod, client, to, Direction::Outbound).await else {
+    let labels = pod.source_labels();
+    let Some(r) = super::forward(&pod, client, to, Direction::Outbound, &labels).await else {
         return;
     };
     debug!(
@@ -166,11 +167,25 @@ async fn tunnel(
     };
     let _ = client.set_nodelay(true);
     m.connection(Direction::Outbound, "ok");
+    let mut labels = pod.source_labels();
+    labels.destination_principal = target.identity.clone();
+    labels.destination_workload_namespace = super::namespace_of(&target.identity);
+    labels.connection_security_policy = "mutual_tls".into();
+    if let Some(dst) = t.mesh.load().meshed_pod(&target.authority.ip()) {
+        labels.destination_workload = dst.workload.clone();
+    }
+    if let Some(svc) = &service
+        && let Some((ns, name)) = svc.split_once('/')
+    {
+        labels.destination_service = format!("{name}.{ns}.svc.cluster.local");
+    }
+    m.tcp_opened(&labels);
     let r = tokio::select! {
         r = crate::hbone::copy::bidi(client, tn.send, tn.recv) => r,
         _ = pod.cancel.cancelled() => crate::hbone::copy::Copied { error: Some("pod deleted".into()), ..Default::default() },
     };
     m.bytes(Direction::Outbound, r.sent, r.received);
+    m.tcp_closed(&labels, r.sent, r.received);
     debug!(
         source = %pod.id(), original_dst = %dst, via = %target.via, destination = %target.identity,
         service = ?service, sent = r.sent, received = r.received,

@@ -20,6 +20,8 @@ pub struct PodPlan {
     pub exclude_outbound_cidrs: Vec<(Ipv4Addr, u8)>,
     /// SPIFFE ID the pod's tunnels present.
     pub identity: String,
+    /// Istio canonical workload name (telemetry).
+    pub workload: String,
 }
 
 /// A workload that cannot be planned (bad field): reported, the rest goes on.
@@ -72,6 +74,7 @@ pub fn desired(
                 exclude_inbound_ports: dedup(&w.exclude_inbound_ports),
                 exclude_outbound_cidrs: cidrs,
                 identity: w.spiffe_id(),
+                workload: crate::state::workload::canonical_name(&w.labels, &w.name),
             },
         );
     }

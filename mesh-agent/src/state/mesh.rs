@@ -45,6 +45,8 @@ pub struct ServicePort {
 #[derive(Clone, Debug, PartialEq)]
 pub struct PodInfo {
     pub name: String,
+    /// Canonical workload name (from the pod's labels when known, else the pod name).
+    pub workload: String,
     pub identity: String,
 }
 
@@ -98,6 +100,13 @@ impl MeshState {
                                 ip,
                                 PodInfo {
                                     name: e.name.clone(),
+                                    workload: crate::state::workload::canonical_name(
+                                        &e.labels
+                                            .iter()
+                                            .map(|(k, v)| (k.clone(), v.clone()))
+                                            .collect(),
+                                        &e.name,
+                                    ),
                                     identity: e.identity.clone(),
                                 },
                             );
@@ -153,13 +162,15 @@ impl MeshState {
                                 r.name, p.namespace, p.name
                             ));
                         }
-                        me.meshed_pods.insert(
-                            ip,
-                            PodInfo {
-                                name: p.name.clone(),
-                                identity: p.identity.clone(),
+                        me.meshed_pods.entry(ip).or_insert_with(|| PodInfo {
+                            name: p.name.clone(),
+                            workload: if p.workload.is_empty() {
+                                p.name.clone()
+                            } else {
+                                p.workload.clone()
                             },
-                        );
+                            identity: p.identity.clone(),
+                        });
                     }
                 }
                 Some(Kind::TrustBundle(b)) => {
@@ -300,6 +311,7 @@ mod tests {
                     namespace: "demo".into(),
                     ip: "10.244.3.3".into(),
                     identity: "spiffe://cluster.local/ns/demo/sa/solo".into(),
+                    workload: "solo".into(),
                 }],
             })),
         };

@@ -50,6 +50,20 @@ impl Workload {
     }
 }
 
+/// Istio's canonical workload name: `service.istio.io/canonical-name`, else
+/// `app.kubernetes.io/name`, else `app`, else the pod name (telemetry `*_workload` labels).
+pub fn canonical_name(labels: &BTreeMap<String, String>, pod_name: &str) -> String {
+    [
+        "service.istio.io/canonical-name",
+        "app.kubernetes.io/name",
+        "app",
+    ]
+    .iter()
+    .find_map(|k| labels.get(*k))
+    .cloned()
+    .unwrap_or_else(|| pod_name.to_string())
+}
+
 fn default_sa() -> String {
     "default".into()
 }
