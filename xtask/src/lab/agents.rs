@@ -58,6 +58,10 @@ pub fn start(lab: &Lab, st: &LabState, node: &NodeState) -> anyhow::Result<i32> 
     if std::env::var("WEFT_LAB_FAST_PATH").as_deref() == Ok("1") {
         cmd.arg("--fast-path");
     }
+    // Short-lived workload certificates (rotation tests), e.g. `6s`.
+    if let Ok(ttl) = std::env::var("WEFT_LAB_CERT_TTL") {
+        cmd.args(["--cert-ttl", &ttl]);
+    }
     let ctx = PodContext {
         cgroup: cg,
         netns: node.netns.clone(),

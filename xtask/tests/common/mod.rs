@@ -48,6 +48,27 @@ impl LabGuard {
         ok(&["lab", "up"]);
         LabGuard
     }
+
+    /// `lab up` with extra environment (e.g. `WEFT_LAB_CERT_TTL`) for the controller and agents.
+    pub fn up_with_env(env: &[(&str, &str)]) -> LabGuard {
+        assert!(
+            nix::unistd::geteuid().is_root(),
+            "lab tests need root: run them through `cargo xtask test`"
+        );
+        ok(&["lab", "down"]);
+        let out = Command::new(env!("CARGO_BIN_EXE_xtask"))
+            .args(["lab", "up"])
+            .envs(env.iter().copied())
+            .current_dir(root())
+            .output()
+            .expect("running xtask");
+        assert!(
+            out.status.success(),
+            "lab up: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        LabGuard
+    }
 }
 
 impl Drop for LabGuard {
