@@ -55,6 +55,8 @@ pub struct AgentConfig {
     pub state_dir: PathBuf,
     pub source: Source,
     pub metrics_addr: Option<SocketAddr>,
+    /// Admin endpoint (`config`, `certs`, `connections`), localhost.
+    pub admin_addr: Option<SocketAddr>,
     pub probe_sources: Vec<Ipv4Addr>,
     pub fast_path: bool,
     pub resync: Duration,
@@ -126,6 +128,9 @@ pub struct Agent {
     certs: Option<Arc<CertManager>>,
     /// The mTLS tunnel (controller mode).
     tunnel: Option<Arc<TunnelCtx>>,
+    /// Open proxied connections.
+    conns: Arc<crate::proxy::conns::ConnRegistry>,
+    admin: Option<Arc<crate::admin::AdminState>>,
 }
 
 impl Agent {
@@ -163,6 +168,8 @@ impl Agent {
             mesh: Arc::new(SharedMesh::default()),
             certs: None,
             tunnel: None,
+            conns: Arc::default(),
+            admin: None,
         })
     }
 
@@ -199,6 +206,22 @@ impl Agent {
                 mesh: self.mesh.clone(),
             }));
             self.certs = Some(certs);
+        }
+        if let Some(addr) = self.cfg.admin_addr {
+            let st = Arc::new(crate::admin::AdminState {
+                node: self.cfg.node.clone(),
+                pods: std::sync::Mutex::new(serde_json::Value::Array(vec![])),
+                mesh: self.mesh.clone(),
+                certs: self.certs.clone(),
+                tunnel: self.tunnel.clone(),
+                conns: self.conns.clone(),
+            });
+            self.admin = Some(st.clone());
+            tokio::spawn(async move {
+                if let Err(e) = crate::admin::serve(addr, st).await {
+                    error!("admin endpoint on {addr}: {e}");
+                }
+            });
         }
         if let Some(addr) = self.cfg.metrics_addr {
             let m = self.metrics.clone();
@@ -481,6 +504,7 @@ impl Agent {
             refilling: std::sync::atomic::AtomicBool::new(false),
             identity: plan.identity.clone(),
             workload: plan.workload.clone(),
+            conns: self.conns.clone(),
             tunnel: self.tunnel.clone(),
         });
         ctx.refill();
@@ -590,6 +614,10 @@ impl Agent {
                 exclude_inbound_ports: e.plan.exclude_inbound_ports.clone(),
             })
             .collect();
+        if let Some(a) = &self.admin {
+            *a.pods.lock().unwrap_or_else(|p| p.into_inner()) =
+                serde_json::to_value(&records).unwrap_or_default();
+        }
         let path = self.cfg.state_dir.join("pods.json");
         let tmp = path.with_extension("json.tmp");
         let res = serde_json::to_vec_pretty(&records)

@@ -7,7 +7,9 @@
 //! - [`proxy`]: the L4 node proxy (outbound `:15001`, inbound `:15006`).
 //! - [`hbone`]: the mTLS tunnel between node proxies (HTTP/2 CONNECT, `:15008`).
 //! - [`identity`]: workload certificates (per-identity keys, CSRs to the controller CA, rotation).
-//! - [`agent`]: the run loop tying them together; [`inspect`]: `mesh-agent bpf …`.
+//! - [`agent`]: the run loop tying them together; [`inspect`]: `mesh-agent bpf …`; [`admin`]: the
+//!   localhost admin endpoint (`config`, `certs`, `connections`).
+pub mod admin;
 pub mod agent;
 pub mod ebpf;
 pub mod hbone;

@@ -87,6 +87,9 @@ enum Command {
         /// Serve /metrics here (Prometheus text format).
         #[arg(long, default_value = "0.0.0.0:15020")]
         metrics: SocketAddr,
+        /// Admin endpoint (`mesh-agent config|certs|connections`); keep it on localhost.
+        #[arg(long, default_value = "127.0.0.1:15000")]
+        admin: SocketAddr,
         /// Node addresses that kubelet probes come from: never steered to the proxy.
         #[arg(long = "probe-source")]
         probe_sources: Vec<Ipv4Addr>,
@@ -112,6 +115,28 @@ enum Command {
         #[command(flatten)]
         node: NodeArgs,
     },
+    /// The running agent's config: pods enrolled here, services/endpoints, meshed pods, trust bundle.
+    Config {
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// The running agent's workload certificates: identity, serial, validity, state, chain.
+    Certs {
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// The running agent's open connections and pooled HBONE tunnels, with identities.
+    Connections {
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+}
+
+#[derive(clap::Args)]
+struct AdminArgs {
+    /// The agent's admin endpoint (in the node's network namespace).
+    #[arg(long, default_value = "127.0.0.1:15000")]
+    admin: SocketAddr,
 }
 
 #[derive(Subcommand)]
@@ -168,6 +193,11 @@ fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
+    let command_name = match &cli.command {
+        Command::Config { .. } => "config",
+        Command::Certs { .. } => "certs",
+        _ => "connections",
+    };
     match cli.command {
         Command::Run {
             node,
@@ -179,6 +209,7 @@ fn main() -> anyhow::Result<()> {
             local_config,
             lab_cluster_dir,
             metrics,
+            admin,
             probe_sources,
             fast_path,
             resync,
@@ -218,6 +249,7 @@ fn main() -> anyhow::Result<()> {
                 pods_cgroup,
                 source,
                 metrics_addr: Some(metrics),
+                admin_addr: Some(admin),
                 probe_sources,
                 fast_path,
                 resync,
@@ -230,6 +262,19 @@ fn main() -> anyhow::Result<()> {
                 let agent = Agent::start(cfg).context("starting the agent")?;
                 agent.run().await.context("agent")
             })
+        }
+        Command::Config { admin } | Command::Certs { admin } | Command::Connections { admin } => {
+            let path = match command_name {
+                "config" => "/config",
+                "certs" => "/certs",
+                _ => "/connections",
+            };
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            let v = rt.block_on(mesh_agent::admin::get(admin.admin, path))?;
+            println!("{}", serde_json::to_string_pretty(&v)?);
+            Ok(())
         }
         Command::Uninstall { node } => {
             let removed = inspect::uninstall(&node.pins(), &node.state_dir())?;

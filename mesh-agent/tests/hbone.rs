@@ -131,6 +131,7 @@ fn pod(ip: Ipv4Addr, name: &str) -> Arc<PodCtx> {
         refilling: std::sync::atomic::AtomicBool::new(false),
         identity: format!("spiffe://cluster.local/ns/t/sa/{name}"),
         workload: name.into(),
+        conns: Arc::default(),
         tunnel: None,
     })
 }

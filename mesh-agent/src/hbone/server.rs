@@ -242,9 +242,18 @@ impl Server {
         m.connection(Direction::Inbound, "ok");
         let labels = self.pod.destination_labels(peer.ip(), Some(&src_identity));
         m.tcp_opened(&labels);
+        let guard = self.pod.conns.register(self.pod.conn_info(
+            "inbound",
+            "hbone",
+            peer,
+            dst,
+            Some(src_identity.clone()),
+            Some(self.identity.clone()),
+        ));
         let r = tokio::select! {
             r = copy::bidi(upstream, send, req.into_body()) => r,
             _ = self.pod.cancel.cancelled() => copy::Copied { error: Some("pod deleted".into()), ..Default::default() },
+            _ = guard.cancel.cancelled() => copy::Copied { error: Some("no longer allowed".into()), ..Default::default() },
         };
         m.bytes(Direction::Inbound, r.received, r.sent);
         m.tcp_closed(&labels, r.received, r.sent);

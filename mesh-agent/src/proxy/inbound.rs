@@ -41,7 +41,8 @@ async fn handle(client: TcpStream, peer: SocketAddr, pod: Arc<PodCtx>) {
     };
     let app = SocketAddr::new(Ipv4Addr::LOCALHOST.into(), dst.port());
     let labels = pod.destination_labels(peer.ip(), None);
-    let Some(r) = super::forward(&pod, client, app, Direction::Inbound, &labels).await else {
+    let info = pod.conn_info("inbound", "plain", peer, dst, None, None);
+    let Some(r) = super::forward(&pod, client, app, Direction::Inbound, &labels, info).await else {
         return;
     };
     debug!(

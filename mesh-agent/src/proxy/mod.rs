@@ -12,6 +12,7 @@
 //! side resets the other (SO_LINGER 0).
 pub mod baseline;
 pub mod certs;
+pub mod conns;
 pub mod inbound;
 pub mod outbound;
 pub mod relay;
@@ -57,6 +58,8 @@ pub struct PodCtx {
     pub identity: String,
     /// Istio canonical workload name (telemetry).
     pub workload: String,
+    /// The node's open connections (admin, policy re-checks).
+    pub conns: Arc<conns::ConnRegistry>,
     /// The mTLS tunnel (controller mode); `None`: plain TCP everywhere (local/lab sources).
     pub tunnel: Option<Arc<TunnelCtx>>,
 }
@@ -139,6 +142,7 @@ pub async fn forward(
     target: std::net::SocketAddr,
     direction: Direction,
     labels: &crate::metrics::TcpLabels,
+    info: conns::ConnInfo,
 ) -> Option<relay::RelayResult> {
     let m = &pod.metrics;
     let sock = match pod.socket(target.is_ipv4()).await {
@@ -162,9 +166,11 @@ pub async fn forward(
     let _ = client.set_nodelay(true);
     m.connection(direction, "ok");
     m.tcp_opened(labels);
+    let guard = pod.conns.register(info);
     let r = tokio::select! {
         r = relay::relay(client, upstream) => r,
         _ = pod.cancel.cancelled() => relay::RelayResult { a_to_b: 0, b_to_a: 0, error: Some(std::io::Error::other("pod deleted")) },
+        _ = guard.cancel.cancelled() => relay::RelayResult { a_to_b: 0, b_to_a: 0, error: Some(std::io::Error::other("no longer allowed")) },
     };
     m.bytes(direction, r.a_to_b, r.b_to_a);
     m.tcp_closed(labels, r.a_to_b, r.b_to_a);
@@ -183,6 +189,29 @@ pub fn namespace_of(identity: &str) -> String {
 }
 
 impl PodCtx {
+    /// A registry entry for a connection of this pod.
+    pub fn conn_info(
+        &self,
+        direction: &'static str,
+        transport: &'static str,
+        src: std::net::SocketAddr,
+        dst: std::net::SocketAddr,
+        src_identity: Option<String>,
+        dst_identity: Option<String>,
+    ) -> conns::ConnInfo {
+        conns::ConnInfo {
+            direction,
+            transport,
+            pod: self.id(),
+            pod_uid: self.uid.clone(),
+            src,
+            dst,
+            src_identity,
+            dst_identity,
+            opened_unix_ms: 0,
+        }
+    }
+
     /// Istio TCP labels with this pod as the client (`reporter="source"`).
     pub fn source_labels(&self) -> crate::metrics::TcpLabels {
         crate::metrics::TcpLabels {

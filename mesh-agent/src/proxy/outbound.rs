@@ -118,7 +118,15 @@ async fn handle(client: TcpStream, peer: SocketAddr, pod: Arc<PodCtx>, orig: Arc
         }
     };
     let labels = pod.source_labels();
-    let Some(r) = super::forward(&pod, client, to, Direction::Outbound, &labels).await else {
+    let info = pod.conn_info(
+        "outbound",
+        "plain",
+        SocketAddr::new(pod.ip.into(), peer.port()),
+        to,
+        None,
+        None,
+    );
+    let Some(r) = super::forward(&pod, client, to, Direction::Outbound, &labels, info).await else {
         return;
     };
     debug!(
@@ -180,9 +188,18 @@ async fn tunnel(
         labels.destination_service = format!("{name}.{ns}.svc.cluster.local");
     }
     m.tcp_opened(&labels);
+    let guard = pod.conns.register(pod.conn_info(
+        "outbound",
+        "hbone",
+        SocketAddr::new(pod.ip.into(), peer.port()),
+        target.authority,
+        Some(pod.identity.clone()),
+        Some(target.identity.clone()),
+    ));
     let r = tokio::select! {
         r = crate::hbone::copy::bidi(client, tn.send, tn.recv) => r,
         _ = pod.cancel.cancelled() => crate::hbone::copy::Copied { error: Some("pod deleted".into()), ..Default::default() },
+        _ = guard.cancel.cancelled() => crate::hbone::copy::Copied { error: Some("no longer allowed".into()), ..Default::default() },
     };
     m.bytes(Direction::Outbound, r.sent, r.received);
     m.tcp_closed(&labels, r.sent, r.received);

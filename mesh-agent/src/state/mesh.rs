@@ -185,6 +185,38 @@ impl MeshState {
         Ok(me)
     }
 
+    /// For the admin endpoint.
+    pub fn dump(&self) -> serde_json::Value {
+        let mut services: Vec<serde_json::Value> = self
+            .services
+            .iter()
+            .map(|(vip, s)| {
+                serde_json::json!({
+                    "address": vip.to_string(),
+                    "service": format!("{}/{}", s.namespace, s.name),
+                    "hostname": s.hostname,
+                    "endpoints": s.endpoints.iter().map(|e| serde_json::json!({
+                        "pod": e.name, "address": SocketAddr::new(e.ip, e.port).to_string(),
+                        "hbone": e.mesh, "identity": e.identity,
+                    })).collect::<Vec<_>>(),
+                })
+            })
+            .collect();
+        services.sort_by_key(|v| v["address"].as_str().unwrap_or("").to_string());
+        let mut pods: Vec<serde_json::Value> = self
+            .meshed_pods
+            .iter()
+            .map(|(ip, p)| serde_json::json!({"ip": ip.to_string(), "pod": p.name, "workload": p.workload, "identity": p.identity}))
+            .collect();
+        pods.sort_by_key(|v| v["ip"].as_str().unwrap_or("").to_string());
+        serde_json::json!({
+            "trust_domain": self.trust_domain,
+            "trust_bundle": self.roots.as_ref().map(|r| r.len()).unwrap_or(0),
+            "services": services,
+            "meshed_pods": pods,
+        })
+    }
+
     pub fn service(&self, vip: &SocketAddr) -> Option<&Arc<ServicePort>> {
         self.services.get(vip)
     }
