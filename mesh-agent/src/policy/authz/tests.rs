@@ -181,6 +181,49 @@ fn decisions() {
             "no ALLOW policy matched",
         ),
         (
+            "ALLOW by bare serviceAccount (policy namespace)",
+            vec![pol(
+                "a",
+                Allow,
+                vec![from(AuthzSource {
+                    service_accounts: strs(&["productpage"]),
+                    ..Default::default()
+                })],
+            )],
+            pp(),
+            true,
+            "allowed",
+        ),
+        (
+            "when source.serviceAccount",
+            vec![pol(
+                "d",
+                Deny,
+                vec![when("source.serviceAccount", &["other/sleep"], &[])],
+            )],
+            conn(Some(SLEEP_OTHER), "10.0.0.6", "10.0.1.7:9080"),
+            false,
+            "denied",
+        ),
+        (
+            "when remote.ip = source IP",
+            vec![pol(
+                "a",
+                Allow,
+                vec![when("remote.ip", &["10.0.0.0/8"], &[])],
+            )],
+            pp(),
+            true,
+            "allowed",
+        ),
+        (
+            "http flag does not lift the fail-safe (no request to evaluate)",
+            vec![pol("a", Allow, vec![l7_rule.clone()])],
+            Conn { http: true, ..pp() },
+            false,
+            "no ALLOW policy matched",
+        ),
+        (
             "notServiceAccounts",
             vec![pol(
                 "a",

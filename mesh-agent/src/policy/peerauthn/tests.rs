@@ -34,10 +34,19 @@ fn sel(
     }
 }
 
+/// (name, policies, port, want mode, want decided_by)
+type Case = (
+    &'static str,
+    Vec<PeerAuthn>,
+    u16,
+    Mode,
+    Option<&'static str>,
+);
+
 #[test]
 fn effective_modes() {
     let labels = BTreeMap::from([("app".to_string(), "reviews".to_string())]);
-    let cases: Vec<(&str, Vec<PeerAuthn>, u16, Mode, Option<&str>)> = vec![
+    let cases: Vec<Case> = vec![
         ("default PERMISSIVE", vec![], 9080, Mode::Permissive, None),
         (
             "mesh STRICT",
