@@ -7,6 +7,7 @@
 //! - [`proxy`]: the L4 node proxy (outbound `:15001`, inbound `:15006`).
 //! - [`hbone`]: the mTLS tunnel between node proxies (HTTP/2 CONNECT, `:15008`).
 //! - [`identity`]: workload certificates (per-identity keys, CSRs to the controller CA, rotation).
+//! - [`policy`]: inbound AuthorizationPolicy (L4) and PeerAuthentication evaluation (pure).
 //! - [`agent`]: the run loop tying them together; [`inspect`]: `mesh-agent bpf …`; [`admin`]: the
 //!   localhost admin endpoint (`config`, `certs`, `connections`).
 pub mod admin;
@@ -17,6 +18,7 @@ pub mod identity;
 pub mod inspect;
 pub mod metrics;
 pub mod pods;
+pub mod policy;
 pub mod proxy;
 pub mod sources;
 pub mod state;
