@@ -110,9 +110,13 @@ pub async fn serve(addr: SocketAddr, state: Arc<AdminState>) -> std::io::Result<
                             .body(Full::new(Bytes::from(
                                 serde_json::to_vec_pretty(&v).unwrap_or_default(),
                             ))),
-                        None => Response::builder().status(404).body(Full::new(
-                            Bytes::from_static(b"not found: /config, /certs, /connections\n"),
-                        )),
+                        None => {
+                            Response::builder()
+                                .status(404)
+                                .body(Full::new(Bytes::from_static(
+                                    b"not found: /config, /certs, /connections\n",
+                                )))
+                        }
                     }
                 }
             });

@@ -354,6 +354,17 @@ impl Agent {
         };
         if let Some(m) = &snap.mesh {
             self.mesh.store(m.clone());
+            // Policies may have changed: close inbound connections that are no longer allowed.
+            let closed = self.conns.recheck(|c| {
+                if c.direction == "inbound" {
+                    m.check_inbound(&c.pod_uid, c.src_identity.as_deref(), c.src.ip(), c.dst)
+                } else {
+                    Ok(())
+                }
+            });
+            if closed > 0 {
+                info!(closed, "policy change closed connections");
+            }
         }
         let (desired, errors) =
             enrolment::desired(&snap.workloads, &self.cfg.node, self.cfg.fast_path);
@@ -533,7 +544,10 @@ impl Agent {
                 ctx.clone(),
                 plan.identity.clone(),
                 t.certs.clone(),
-                Arc::new(crate::hbone::AllowAll),
+                Arc::new(crate::proxy::PodPolicy {
+                    uid: plan.uid.clone(),
+                    mesh: t.mesh.clone(),
+                }),
             );
             tasks.push(tokio::spawn(server.serve(TcpListener::from_std(l)?)));
             listeners.push(format!("0.0.0.0:{}", mesh_common::ports::HBONE));

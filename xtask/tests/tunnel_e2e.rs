@@ -54,7 +54,7 @@ fn wait_enrolled(node: &str, pods: &[&str]) {
 fn tunnel_lab(env: &[(&str, &str)]) -> LabGuard {
     let lab = LabGuard::up_with_env(env);
     ok(&["lab", "apply", "-f", &fixture("tunnel.yaml")]);
-    wait_enrolled("node-a", &["client", "server-a"]);
+    wait_enrolled("node-a", &["client", "intruder", "server-a"]);
     wait_enrolled("node-b", &["server-b"]);
     lab
 }
@@ -306,4 +306,140 @@ fn certificates_rotate_under_traffic_without_a_failed_request() {
             "{node}: {id} rotated {rotations} times:\n{m}"
         );
     }
+}
+
+/// Applies `yaml` (policies) to the lab; returns the file (for `lab delete`).
+fn apply(yaml: &str) -> String {
+    let f = tempdir().join("policy.yaml");
+    std::fs::write(&f, yaml).unwrap();
+    let f = f.to_string_lossy().into_owned();
+    ok(&["lab", "apply", "-f", &f]);
+    f
+}
+
+/// Whether an HTTP request from `pod` to `url` succeeds (one try, 3 s).
+fn reaches(ns: &str, pod: &str, url: &str) -> bool {
+    try_exec_ns(ns, pod, &["curl", "-sf", "--max-time", "3", url]).0
+}
+
+/// Waits (bounded) until `pod` can / cannot reach `url`: policies propagate asynchronously.
+fn eventually(ns: &str, pod: &str, url: &str, want: bool, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while reaches(ns, pod, url) != want {
+        assert!(
+            Instant::now() < deadline,
+            "{what}: {ns}/{pod} → {url} should be {}",
+            if want { "allowed" } else { "refused" }
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
+#[test]
+fn strict_refuses_plaintext_and_permissive_accepts_it() {
+    let _lab = tunnel_lab(&[]);
+    let url = format!("http://{}:8080/", pod_ip("secure", "server-b"));
+    assert!(
+        reaches("plain", "outsider", &url),
+        "PERMISSIVE (default) accepts plaintext"
+    );
+    let f = apply(
+        "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: strict, namespace: secure}\nspec: {mtls: {mode: STRICT}}\n",
+    );
+    eventually("plain", "outsider", &url, false, "STRICT");
+    assert!(
+        reaches("secure", "client", &url),
+        "mTLS still accepted under STRICT"
+    );
+    ok(&["lab", "delete", "-f", &f]);
+    eventually("plain", "outsider", &url, true, "back to PERMISSIVE");
+}
+
+#[test]
+fn authorization_policies_allow_deny_deny_all_and_ports() {
+    let _lab = tunnel_lab(&[]);
+    let ip = pod_ip("secure", "server-b");
+    let (http, tcp) = (format!("http://{ip}:8080/"), format!("tcp://{ip}:9000"));
+    // ALLOW by principal: the client only.
+    let f = apply(
+        "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: only-client, namespace: secure}\nspec:\n  selector: {matchLabels: {app: server}}\n  action: ALLOW\n  rules:\n  - from: [{source: {principals: [cluster.local/ns/secure/sa/client]}}]\n",
+    );
+    eventually("secure", "intruder", &http, false, "ALLOW by principal");
+    assert!(reaches("secure", "client", &http), "the allowed principal");
+    let denied = sample(
+        &metrics("node-b"),
+        "weft_proxy_connections_total",
+        &[("direction", "Inbound"), ("result", "denied")],
+    );
+    assert!(denied >= 1.0, "denials are counted");
+    ok(&["lab", "delete", "-f", &f]);
+    // ALLOW by namespace.
+    let f = apply(
+        "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: ns, namespace: secure}\nspec:\n  action: ALLOW\n  rules:\n  - from: [{source: {namespaces: [secure]}}]\n",
+    );
+    eventually("secure", "intruder", &http, true, "ALLOW by namespace");
+    eventually(
+        "plain",
+        "outsider",
+        &http,
+        false,
+        "ALLOW by namespace refuses plaintext",
+    );
+    // DENY wins over ALLOW.
+    let g = apply(
+        "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: no-intruder, namespace: secure}\nspec:\n  action: DENY\n  rules:\n  - from: [{source: {principals: [cluster.local/ns/secure/sa/intruder]}}]\n",
+    );
+    eventually("secure", "intruder", &http, false, "DENY precedence");
+    assert!(reaches("secure", "client", &http));
+    ok(&["lab", "delete", "-f", &f]);
+    ok(&["lab", "delete", "-f", &g]);
+    eventually("secure", "intruder", &http, true, "policies removed");
+    // `spec: {}` denies everything in its scope.
+    let f = apply(
+        "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: deny-all, namespace: secure}\nspec: {}\n",
+    );
+    eventually("secure", "client", &http, false, "spec: {} denies all");
+    ok(&["lab", "delete", "-f", &f]);
+    eventually("secure", "client", &http, true, "deny-all removed");
+    // A port-only rule: 9000 allowed, 8080 not.
+    let f = apply(
+        "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: tcp-only, namespace: secure}\nspec:\n  action: ALLOW\n  rules:\n  - to: [{operation: {ports: [\"9000\"]}}]\n",
+    );
+    eventually("secure", "client", &http, false, "port 8080 not allowed");
+    let out = exec_ns(
+        "secure",
+        "client",
+        &["mesh-client", "--tcp", "-n", "3", "--json", &tcp],
+    );
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["status"]["ok"], 3, "port 9000 allowed: {v}");
+    assert!(!reaches("secure", "client", &http), "and 8080 still not");
+    ok(&["lab", "delete", "-f", &f]);
+}
+
+#[test]
+fn a_deny_closes_an_open_connection() {
+    let _lab = tunnel_lab(&[]);
+    let ip = pod_ip("secure", "server-b");
+    // A long-lived connection pinging every 100 ms for 8 s.
+    let hold = std::thread::spawn(move || {
+        exec_ns(
+            "secure",
+            "client",
+            &["python3", &fixture("hold.py"), &ip, "9000", "8"],
+        )
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    apply(
+        "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: cut, namespace: secure}\nspec:\n  action: DENY\n  rules:\n  - from: [{source: {principals: [cluster.local/ns/secure/sa/client]}}]\n",
+    );
+    let v: Value = serde_json::from_str(&hold.join().unwrap()).unwrap();
+    assert!(
+        v["ok"].as_u64().unwrap() >= 10,
+        "worked before the DENY: {v}"
+    );
+    assert!(
+        !v["errors"].as_array().unwrap().is_empty(),
+        "the DENY closed the open connection: {v}"
+    );
 }

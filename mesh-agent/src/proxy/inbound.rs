@@ -40,6 +40,15 @@ async fn handle(client: TcpStream, peer: SocketAddr, pod: Arc<PodCtx>) {
         }
     };
     let app = SocketAddr::new(Ipv4Addr::LOCALHOST.into(), dst.port());
+    // Plaintext: PeerAuthentication STRICT refuses it; AuthorizationPolicy applies without a peer.
+    if let Some(t) = &pod.tunnel
+        && let Err(reason) = t.mesh.load().check_inbound(&pod.uid, None, peer.ip(), dst)
+    {
+        debug!(pod = %pod.id(), %peer, original_dst = %dst, "plaintext connection refused: {reason}");
+        m.connection(Direction::Inbound, "denied");
+        super::relay::reset(&client);
+        return;
+    }
     let labels = pod.destination_labels(peer.ip(), None);
     let info = pod.conn_info("inbound", "plain", peer, dst, None, None);
     let Some(r) = super::forward(&pod, client, app, Direction::Inbound, &labels, info).await else {

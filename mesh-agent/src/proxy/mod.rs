@@ -64,6 +64,20 @@ pub struct PodCtx {
     pub tunnel: Option<Arc<TunnelCtx>>,
 }
 
+/// A pod's inbound policy (AuthorizationPolicy, PeerAuthentication) from the current mesh state.
+pub struct PodPolicy {
+    pub uid: String,
+    pub mesh: Arc<crate::state::mesh::SharedMesh>,
+}
+
+impl crate::hbone::InboundPolicy for PodPolicy {
+    fn check(&self, c: &crate::hbone::InboundConn) -> Result<(), String> {
+        self.mesh
+            .load()
+            .check_inbound(&self.uid, Some(&c.src_identity), c.src_ip, c.dst)
+    }
+}
+
 /// What the proxy needs to tunnel: the node-wide HBONE pool, certificates, the mesh state.
 pub struct TunnelCtx {
     pub pool: crate::hbone::client::Pool,

@@ -50,12 +50,27 @@ pub struct PodInfo {
     pub identity: String,
 }
 
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct MeshState {
     pub trust_domain: String,
     pub roots: Option<Arc<RootCertStore>>,
+    /// AuthorizationPolicies and PeerAuthentications streamed to this node.
+    pub policies: crate::policy::PolicyIndex,
+    /// This node's meshed workloads by UID (their policy lists, namespace and labels).
+    pub workloads: HashMap<String, mesh_common::proto::config::Workload>,
     services: HashMap<SocketAddr, Arc<ServicePort>>,
     meshed_pods: HashMap<IpAddr, PodInfo>,
+}
+
+impl std::fmt::Debug for MeshState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MeshState")
+            .field("trust_domain", &self.trust_domain)
+            .field("services", &self.services.len())
+            .field("meshed_pods", &self.meshed_pods.len())
+            .field("policies", &self.policies.len())
+            .finish()
+    }
 }
 
 /// Where an outbound connection goes.
@@ -78,11 +93,18 @@ pub enum Upstream {
 impl MeshState {
     /// Builds the state from every streamed resource; the first bad one fails it (→ NACK).
     pub fn from_resources<'a>(
-        resources: impl IntoIterator<Item = &'a Resource>,
+        resources: impl IntoIterator<Item = &'a Resource> + Clone,
     ) -> Result<Self, String> {
-        let mut me = Self::default();
+        let mut me = Self {
+            policies: crate::policy::PolicyIndex::from_resources(resources.clone())
+                .map_err(|e| e.to_string())?,
+            ..Self::default()
+        };
         for r in resources {
             match &r.kind {
+                Some(Kind::Workload(w)) if w.mesh => {
+                    me.workloads.insert(w.uid.clone(), w.clone());
+                }
                 Some(Kind::Service(s)) => {
                     let mut eps_by_port: BTreeMap<u16, Vec<Endpoint>> = BTreeMap::new();
                     for e in &s.endpoints {
@@ -185,6 +207,30 @@ impl MeshState {
         Ok(me)
     }
 
+    /// The inbound decision for a connection to this node's pod `uid` (AuthorizationPolicy, and
+    /// PeerAuthentication STRICT for plaintext). A pod the controller did not describe is allowed
+    /// only while no policy can apply to it (local/lab sources).
+    pub fn check_inbound(
+        &self,
+        uid: &str,
+        src_identity: Option<&str>,
+        src_ip: IpAddr,
+        dst: SocketAddr,
+    ) -> Result<(), String> {
+        let Some(w) = self.workloads.get(uid) else {
+            return Ok(());
+        };
+        let conn = crate::policy::Conn::new(src_identity, src_ip, dst);
+        let d = self.policies.check_workload(w, &conn);
+        for a in &d.audited {
+            tracing::info!(pod = %format!("{}/{}", w.namespace, w.name), src = ?src_identity, %dst, "{a}");
+        }
+        for r in &d.dry_run_reports {
+            tracing::info!(pod = %format!("{}/{}", w.namespace, w.name), src = ?src_identity, %dst, "dry-run: {r}");
+        }
+        d.into_result()
+    }
+
     /// For the admin endpoint.
     pub fn dump(&self) -> serde_json::Value {
         let mut services: Vec<serde_json::Value> = self
@@ -210,6 +256,7 @@ impl MeshState {
             .collect();
         pods.sort_by_key(|v| v["ip"].as_str().unwrap_or("").to_string());
         serde_json::json!({
+            "policies": self.policies.len(),
             "trust_domain": self.trust_domain,
             "trust_bundle": self.roots.as_ref().map(|r| r.len()).unwrap_or(0),
             "services": services,
