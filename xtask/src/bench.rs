@@ -28,6 +28,9 @@ pub enum BenchCommand {
     /// Config-stream scale: 10 000 pods, 1 000 services, 100 agent streams; change → all affected
     /// agents ACKed (p50/p99), bytes per change, controller RSS and CPU.
     ControlPlane(ControlPlaneArgs),
+    /// HBONE mTLS cost: 1 KB round-trip latency at a fixed rate and throughput with 1 and 8
+    /// streams, for direct / plain-TCP capture / HBONE.
+    Tunnel(crate::bench_tunnel::TunnelArgs),
 }
 
 #[derive(clap::Args)]
@@ -135,6 +138,7 @@ const LABELS: [&str; 4] = [
 pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
     match cmd {
         BenchCommand::Capture(a) => capture(a),
+        BenchCommand::Tunnel(a) => crate::bench_tunnel::run(a),
         BenchCommand::ControlPlane(a) => {
             util::run(util::cargo().args([
                 "build",
@@ -294,7 +298,7 @@ fn mesh_common_mark() -> u32 {
     0x539
 }
 
-fn median(v: &[f64]) -> f64 {
+pub(crate) fn median(v: &[f64]) -> f64 {
     let mut s = v.to_vec();
     s.sort_by(f64::total_cmp);
     if s.is_empty() {
@@ -333,6 +337,11 @@ fn exec(lab: &Lab, ns: &str, cmd: &[&str]) -> anyhow::Result<String> {
 }
 
 fn bench(lab: &Lab, ns: &str, cpu: &str, args: &[&str]) -> anyhow::Result<Value> {
+    bench_in(lab, ns, cpu, args)
+}
+
+/// `mesh-bench ARGS` pinned to `cpu` in the `client` pod of `ns`; its JSON report.
+pub(crate) fn bench_in(lab: &Lab, ns: &str, cpu: &str, args: &[&str]) -> anyhow::Result<Value> {
     let mut cmd = vec!["taskset", "-c", cpu, "mesh-bench"];
     cmd.extend_from_slice(args);
     let out = exec(lab, ns, &cmd).with_context(|| format!("mesh-bench {args:?} in {ns}"))?;
@@ -340,7 +349,7 @@ fn bench(lab: &Lab, ns: &str, cpu: &str, args: &[&str]) -> anyhow::Result<Value>
 }
 
 /// Every process of the lab except pods' idle `sleep`s.
-fn lab_pids() -> Vec<i32> {
+pub(crate) fn lab_pids() -> Vec<i32> {
     let mut out = vec![];
     for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
         let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {

@@ -36,6 +36,9 @@ enum Mode {
         size: usize,
         #[arg(long, default_value_t = 100)]
         warmup: usize,
+        /// Fixed request rate (requests per second); default: back to back.
+        #[arg(long)]
+        rate: Option<f64>,
     },
     /// New connections per second (connect + one round trip + close).
     Crr {
@@ -48,8 +51,12 @@ enum Mode {
     /// Bulk throughput through the echo (bytes each way).
     Stream {
         addr: String,
+        /// Total bytes (split evenly over the streams).
         #[arg(long, default_value_t = 64 << 20)]
         bytes: usize,
+        /// Parallel connections.
+        #[arg(long, default_value_t = 1)]
+        streams: usize,
     },
 }
 
@@ -104,13 +111,24 @@ fn main() -> anyhow::Result<()> {
             n,
             size,
             warmup,
+            rate,
         } => {
             let mut s = TcpStream::connect(resolve(&addr)?)?;
             s.set_nodelay(true)?;
             let req = vec![b'x'; size];
             let mut resp = vec![0u8; size];
             let mut samples = Vec::with_capacity(n);
+            let interval = rate.map(|r| Duration::from_secs_f64(1.0 / r));
+            let start = Instant::now();
             for i in 0..warmup + n {
+                if let Some(iv) = interval {
+                    // Open loop: request i is due at start + i × interval.
+                    let due = start + iv * i as u32;
+                    let now = Instant::now();
+                    if due > now {
+                        std::thread::sleep(due - now);
+                    }
+                }
                 let t = Instant::now();
                 write_full(&mut s, &req)?;
                 read_full(&mut s, &mut resp)?;
@@ -152,10 +170,38 @@ fn main() -> anyhow::Result<()> {
                 json!({"mode": "crr", "connections": ok, "failed": failed, "seconds": secs, "per_second": ok as f64 / secs})
             );
         }
-        Mode::Stream { addr, bytes } => {
-            let mut s = TcpStream::connect(resolve(&addr)?)?;
-            let mut r = s.try_clone()?;
+        Mode::Stream {
+            addr,
+            bytes,
+            streams,
+        } => {
+            let target = resolve(&addr)?;
+            let per = bytes / streams.max(1);
             let start = Instant::now();
+            let workers: Vec<_> = (0..streams.max(1))
+                .map(|_| std::thread::spawn(move || stream_one(target, per)))
+                .collect();
+            for w in workers {
+                w.join().map_err(|_| anyhow::anyhow!("stream panicked"))??;
+            }
+            let secs = start.elapsed().as_secs_f64();
+            let total = per * streams.max(1);
+            println!(
+                "{}",
+                json!({"mode": "stream", "streams": streams, "bytes": total, "seconds": secs, "mb_per_s": (total as f64 / 1e6) / secs})
+            );
+        }
+    }
+    Ok(())
+}
+
+/// One connection: `bytes` out and the same back.
+fn stream_one(target: SocketAddr, bytes: usize) -> anyhow::Result<()> {
+    {
+        {
+            let mut s = TcpStream::connect(target)?;
+            let mut r = s.try_clone()?;
+
             let reader = std::thread::spawn(move || -> std::io::Result<usize> {
                 let mut buf = vec![0u8; 1 << 16];
                 let mut got = 0;
@@ -186,14 +232,9 @@ fn main() -> anyhow::Result<()> {
             let got = reader
                 .join()
                 .map_err(|_| anyhow::anyhow!("reader panicked"))??;
-            let secs = start.elapsed().as_secs_f64();
             if got != bytes {
                 bail!("sent {bytes} bytes, {got} came back");
             }
-            println!(
-                "{}",
-                json!({"mode": "stream", "bytes": bytes, "seconds": secs, "mb_per_s": (bytes as f64 / 1e6) / secs})
-            );
         }
     }
     Ok(())

@@ -652,6 +652,17 @@ pub fn pod_command(lab: &Lab, ns: &str, pod: &str, command: &[String]) -> anyhow
     Ok(cmd)
 }
 
+/// A command prepared to run in a node's network namespace (like `lab exec-node`).
+pub fn node_command(lab: &Lab, node: &str, command: &[&str]) -> anyhow::Result<Command> {
+    let st = lab.load()?;
+    let n = st
+        .node(node)
+        .with_context(|| format!("no node {node:?} in the lab"))?;
+    let mut cmd = Command::new("nsenter");
+    cmd.arg(format!("--net=/run/netns/{}", n.netns)).args(command);
+    Ok(cmd)
+}
+
 /// The current state (for the demo and tests).
 pub fn state(lab: &Lab) -> anyhow::Result<LabState> {
     lab.load()
