@@ -174,6 +174,46 @@ fn meshed_traffic_is_tunnelled_with_each_pods_identity() {
         );
         std::thread::sleep(Duration::from_millis(500));
     }
+    // The admin endpoint shows the certificate, the mesh state and the pooled tunnels.
+    let agent = root().join("target/debug/mesh-agent");
+    let admin = |what: &str| -> Value {
+        let out = ok(&[
+            "lab",
+            "exec-node",
+            "node-a",
+            "--",
+            agent.to_str().unwrap(),
+            what,
+        ]);
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("mesh-agent {what}: {e}: {out}"))
+    };
+    let certs = admin("certs");
+    let c = certs["certificates"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["identity"] == CLIENT_ID)
+        .unwrap_or_else(|| panic!("{certs}"));
+    assert_eq!(c["state"], "valid", "{c}");
+    assert!(c["chain_pem"].as_array().unwrap().len() >= 2, "{c}");
+    let config = admin("config");
+    assert!(
+        config["mesh"]["meshed_pods"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["identity"] == SERVER_ID),
+        "{config}"
+    );
+    let conns = admin("connections");
+    assert!(
+        conns["tunnels"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|t| t["dst_identity"] == SERVER_ID),
+        "{conns}"
+    );
     // Plaintext from outside the mesh still reaches a (PERMISSIVE) meshed pod, marked as such.
     let echo = curl(
         "plain",

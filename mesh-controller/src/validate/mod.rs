@@ -86,6 +86,8 @@ pub mod codes {
     pub const MTLS_DISABLE: &str = "WEFT0002";
     pub const FAULT_NO_PERCENTAGE: &str = "WEFT0003";
     pub const SHADOWED_BY_GATEWAY_API: &str = "WEFT0004";
+    /// AuthorizationPolicy rule with HTTP attributes (fail-safe on non-HTTP connections).
+    pub const HTTP_ATTRIBUTES_AT_L4: &str = "WEFT0005";
     pub const UNREADABLE: &str = "WEFT0010";
 }
 

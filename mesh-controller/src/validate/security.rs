@@ -148,13 +148,47 @@ pub(crate) fn authorization_policy(ap: &AuthorizationPolicy, sink: &mut Sink<'_>
                 "provider must only be used with CUSTOM action",
             );
         }
-        (AuthorizationAction::Audit, None) => {
-            sink.unsupported("spec.action", "AUDIT");
-        }
         _ => {}
     }
     for (i, rule) in spec.rules.iter().flatten().enumerate() {
         let rf = format!("spec.rules[{i}]");
+        let http = rule
+            .from
+            .iter()
+            .filter_map(|f| f.source.as_ref())
+            .any(|s| !s.request_principals.is_empty() || !s.not_request_principals.is_empty())
+            || rule
+                .to
+                .iter()
+                .filter_map(|t| t.operation.as_ref())
+                .any(|o| {
+                    !o.hosts.is_empty()
+                        || !o.not_hosts.is_empty()
+                        || !o.methods.is_empty()
+                        || !o.not_methods.is_empty()
+                        || !o.paths.is_empty()
+                        || !o.not_paths.is_empty()
+                })
+            || rule
+                .when
+                .iter()
+                .any(|c| c.key.starts_with("request.") || c.key.starts_with("experimental."));
+        if http {
+            let effect = match action {
+                AuthorizationAction::Deny | AuthorizationAction::Audit => {
+                    "on connections the proxy does not parse as HTTP this DENY rule applies without its HTTP attributes (Istio's fail-safe)"
+                }
+                _ => {
+                    "on connections the proxy does not parse as HTTP this ALLOW rule never matches (Istio's fail-safe)"
+                }
+            };
+            sink.push(
+                codes::HTTP_ATTRIBUTES_AT_L4,
+                Severity::Info,
+                rf.clone(),
+                format!("uses HTTP attributes: {effect}; Weft enforces them only at L7"),
+            );
+        }
         for (j, from) in rule.from.iter().enumerate() {
             let ff = format!("{rf}.from[{j}].source");
             let Some(src) = &from.source else {

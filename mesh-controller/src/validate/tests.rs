@@ -392,3 +392,18 @@ fn istio_bookinfo_samples() {
         assert_eq!(got, want);
     }
 }
+
+#[test]
+fn http_attributes_in_authorization_rules_are_reported() {
+    let (main, all) = run(
+        "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: a, namespace: demo}\nspec:\n  action: DENY\n  rules:\n  - to: [{operation: {methods: [POST]}}]\n  - to: [{operation: {ports: [\"8080\"]}}]\n---\napiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: b, namespace: demo}\nspec:\n  rules:\n  - to: [{operation: {paths: [/admin]}}]\n",
+    );
+    assert!(main.is_empty(), "{all:#?}");
+    let infos: Vec<String> = all.iter().map(ToString::to_string).collect();
+    assert!(infos.iter().any(|s| s.starts_with("Info [WEFT0005] (AuthorizationPolicy demo/a) spec.rules[0]: uses HTTP attributes: on connections the proxy does not parse as HTTP this DENY rule applies without")), "{infos:#?}");
+    assert!(
+        !infos.iter().any(|s| s.contains("demo/a) spec.rules[1]")),
+        "a port-only rule is L4: {infos:#?}"
+    );
+    assert!(infos.iter().any(|s| s.starts_with("Info [WEFT0005] (AuthorizationPolicy demo/b) spec.rules[0]: uses HTTP attributes: on connections the proxy does not parse as HTTP this ALLOW rule never matches")), "{infos:#?}");
+}

@@ -659,7 +659,8 @@ pub fn node_command(lab: &Lab, node: &str, command: &[&str]) -> anyhow::Result<C
         .node(node)
         .with_context(|| format!("no node {node:?} in the lab"))?;
     let mut cmd = Command::new("nsenter");
-    cmd.arg(format!("--net=/run/netns/{}", n.netns)).args(command);
+    cmd.arg(format!("--net=/run/netns/{}", n.netns))
+        .args(command);
     Ok(cmd)
 }
 
