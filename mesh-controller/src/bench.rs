@@ -39,8 +39,21 @@ fn pod(i: usize, nodes: usize, services: usize) -> Value {
            "status": {"phase": "Running", "podIP": format!("10.{}.{}.{}", 100 + (i >> 16) % 100, (i >> 8) & 255, i & 255)}})
 }
 
+/// A 2-subset canary on service s0 with `weight` % to v2.
+fn virtual_service(weight: i64) -> Value {
+    json!({"apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
+           "metadata": {"name": "s0", "namespace": "bench"},
+           "spec": {"hosts": ["s0"], "http": [{"route": [
+               {"destination": {"host": "s0", "subset": "v1"}, "weight": 100 - weight},
+               {"destination": {"host": "s0", "subset": "v2"}, "weight": weight}]}]}})
+}
+
 fn base_model(a: &BenchArgs) -> Model {
     let mut m = Model::default();
+    m.insert(virtual_service(5));
+    m.insert(json!({"apiVersion": "networking.istio.io/v1", "kind": "DestinationRule",
+                    "metadata": {"name": "s0", "namespace": "bench"},
+                    "spec": {"host": "s0", "subsets": [{"name": "v1", "labels": {"version": "v1"}}, {"name": "v2", "labels": {"version": "v2"}}]}}));
     m.insert(json!({"kind": "Namespace", "metadata": {"name": "bench", "annotations": {"weft.dev/mesh": "enabled"}}}));
     for n in 0..a.nodes {
         m.insert(json!({"kind": "Node", "metadata": {"name": format!("node-{n}")}}));
@@ -127,11 +140,13 @@ pub async fn run(a: BenchArgs) -> anyhow::Result<String> {
     let mut model = base_model(&a);
     let setup_s = t0.elapsed().as_secs_f64();
     let hub = Hub::new(std::sync::Arc::new(crate::auth::NodeAuth::Insecure));
+    let mut interner = translate::Interner::default();
     let cpu0 = cpu_s();
     let t = Instant::now();
-    hub.update(translate::all_nodes(
+    hub.update(translate::all_nodes_interned(
         &model,
         &translate::TranslateOptions::new("cluster.local"),
+        &mut interner,
     ));
     let initial_ms = t.elapsed().as_secs_f64() * 1e3;
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
@@ -169,8 +184,16 @@ pub async fn run(a: BenchArgs) -> anyhow::Result<String> {
 
     let mut rows = vec![];
     for (label, kind) in [
-        ("pod added (1 node affected)", 0),
-        ("service endpoints changed (every node)", 1),
+        ("pod added outside the mesh (its node only)", 0),
+        (
+            "meshed pod added (its node; every node: that node's address book)",
+            1,
+        ),
+        ("service endpoints changed (every node)", 2),
+        (
+            "VirtualService weight changed (every node: one route table)",
+            3,
+        ),
     ] {
         let mut lat = vec![];
         let mut per_change_bytes = vec![];
@@ -183,20 +206,36 @@ pub async fn run(a: BenchArgs) -> anyhow::Result<String> {
                 .map(|(n, s)| (n, s.last_sent_version))
                 .collect();
             let i = a.pods + r + kind * 100_000;
-            // kind 0: a pod whose label matches no service (only its node changes);
-            // kind 1: a pod that joins service s0 (s0's endpoints change on every node).
+            // 0: a pod opted out of the mesh whose label matches no service (only its node);
+            // 1: a meshed pod matching no service (its node, plus that node's address book
+            //    everywhere); 2: a pod that joins service s0 (s0's endpoints change everywhere);
+            // 3: the weights of the VirtualService on s0 change (its route table everywhere).
             let mut p = pod(i, a.nodes, a.services);
-            if kind == 0 {
-                p["metadata"]["labels"]["app"] = json!("none");
-            } else {
-                p["metadata"]["labels"]["app"] = json!("s0");
-            }
             let node = p["spec"]["nodeName"].as_str().unwrap_or("").to_string();
-            model.insert(p);
+            match kind {
+                0 => {
+                    p["metadata"]["labels"]["app"] = json!("none");
+                    p["metadata"]["annotations"] = json!({"weft.dev/mesh": "disabled"});
+                    model.insert(p);
+                }
+                1 => {
+                    p["metadata"]["labels"]["app"] = json!("none");
+                    model.insert(p);
+                }
+                2 => {
+                    p["metadata"]["labels"]["app"] = json!("s0");
+                    model.insert(p);
+                }
+                _ => {
+                    let w = 10 + (r as i64 % 80);
+                    model.insert(virtual_service(w));
+                }
+            }
             let start = Instant::now();
-            hub.update(translate::all_nodes(
+            hub.update(translate::all_nodes_interned(
                 &model,
                 &translate::TranslateOptions::new("cluster.local"),
+                &mut interner,
             ));
             let sent: BTreeMap<String, String> = hub
                 .status()
@@ -206,8 +245,12 @@ pub async fn run(a: BenchArgs) -> anyhow::Result<String> {
                 .collect();
             nodes_touched = sent.len();
             anyhow::ensure!(
-                kind == 1 || (sent.len() == 1 && sent.contains_key(&node)),
-                "a pod change reached {} nodes",
+                if kind == 0 {
+                    sent.len() == 1 && sent.contains_key(&node)
+                } else {
+                    sent.len() == a.nodes
+                },
+                "change kind {kind} reached {} nodes",
                 sent.len()
             );
             for (n, v) in &sent {

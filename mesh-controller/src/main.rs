@@ -330,17 +330,19 @@ impl Serve {
             // Until every kind is listed the hub has no config: subscribers wait, /readyz is 503.
             synced.await;
             let mut reported = std::collections::BTreeSet::new();
+            let mut interner = translate::Interner::default();
             let mut status = kube.map(mesh_controller::status::StatusWriter::new);
             loop {
                 changes.borrow_and_update();
                 let m = store.snapshot();
                 h.update(translate::with_trust_bundle(
-                    translate::all_nodes(
+                    translate::all_nodes_interned(
                         &m,
                         &translate::TranslateOptions {
                             trust_domain: &td,
                             root_namespace: &root_namespace,
                         },
+                        &mut interner,
                     ),
                     &bundle,
                 ));

@@ -126,8 +126,55 @@ pub fn workload(model: &Model, pod: &Pod, trust_domain: &str) -> Option<Workload
 /// authorization or peer authentication policy goes only to the nodes running a meshed workload
 /// it applies to, and each meshed workload lists the policies that apply (`Workload.policies`).
 pub fn all_nodes(model: &Model, opts: &TranslateOptions<'_>) -> BTreeMap<String, NodeConfig> {
+    all_nodes_interned(model, opts, &mut Interner::default())
+}
+
+/// Keeps the previous translation's resources: an unchanged resource keeps its `Arc`, so the
+/// per-node diff sees it unchanged by pointer instead of comparing it once per node.
+#[derive(Default)]
+pub struct Interner {
+    previous: std::collections::HashMap<String, Arc<Resource>>,
+    current: std::collections::HashMap<String, Arc<Resource>>,
+}
+
+impl Interner {
+    /// The previous `Arc` when `r` is equal to it, else `r`.
+    pub fn intern(&mut self, r: Arc<Resource>) -> Arc<Resource> {
+        let kept = match self.previous.get(&r.name) {
+            Some(old) if Arc::ptr_eq(old, &r) || **old == *r => old.clone(),
+            _ => r,
+        };
+        self.current.insert(kept.name.clone(), kept.clone());
+        kept
+    }
+
+    /// Ends one translation: what was not interned this time is forgotten.
+    fn finish(&mut self) {
+        self.previous = std::mem::take(&mut self.current);
+    }
+}
+
+/// [`all_nodes`] reusing the `Arc`s of unchanged resources from the previous call.
+pub fn all_nodes_interned(
+    model: &Model,
+    opts: &TranslateOptions<'_>,
+    interner: &mut Interner,
+) -> BTreeMap<String, NodeConfig> {
+    let out = translate_all(model, opts, interner);
+    interner.finish();
+    out
+}
+
+fn translate_all(
+    model: &Model,
+    opts: &TranslateOptions<'_>,
+    interner: &mut Interner,
+) -> BTreeMap<String, NodeConfig> {
     let trust_domain = opts.trust_domain;
-    let compiled = ir::compile(model, opts.root_namespace);
+    let mut compiled = ir::compile(model, opts.root_namespace);
+    for r in compiled.shared.iter_mut() {
+        *r = interner.intern(r.clone());
+    }
     let pods = model.pods();
     // Index running pods by (namespace, label, value): a selector only scans the pods of its first
     // label instead of every pod.
@@ -186,31 +233,42 @@ pub fn all_nodes(model: &Model, opts: &TranslateOptions<'_>) -> BTreeMap<String,
         }
         endpoints.sort_by(|a, b| a.workload_uid.cmp(&b.workload_uid));
         let name = format!("service/{}/{}", svc.namespace, svc.name);
-        services.push(Arc::new(Resource {
-            name,
-            kind: Some(Kind::Service(Service {
-                hostname: format!("{}.{}.svc.cluster.local", svc.name, svc.namespace),
-                addresses: svc
-                    .cluster_ip
-                    .map(|ip| vec![ip.to_string()])
-                    .unwrap_or_default(),
-                ports: svc
-                    .ports
-                    .iter()
-                    .map(|p| ServicePort {
-                        name: p.name.clone(),
-                        port: u32::from(p.port),
-                        target_port: p.target.clone().map(u32::from).unwrap_or(0),
-                        protocol: p.protocol.clone(),
-                        app_protocol: p.app_protocol.clone(),
-                    })
-                    .collect(),
-                endpoints,
-                name: svc.name,
-                namespace: svc.namespace,
+        services.push(
+            interner.intern(Arc::new(Resource {
+                name,
+                kind: Some(Kind::Service(Service {
+                    hostname: format!("{}.{}.svc.cluster.local", svc.name, svc.namespace),
+                    addresses: svc
+                        .cluster_ip
+                        .map(|ip| vec![ip.to_string()])
+                        .unwrap_or_default(),
+                    ports: svc
+                        .ports
+                        .iter()
+                        .map(|p| ServicePort {
+                            name: p.name.clone(),
+                            port: u32::from(p.port),
+                            target_port: p.target.clone().map(u32::from).unwrap_or(0),
+                            protocol: p.protocol.clone(),
+                            app_protocol: p.app_protocol.clone(),
+                        })
+                        .collect(),
+                    endpoints,
+                    name: svc.name,
+                    namespace: svc.namespace,
+                })),
             })),
-        }));
+        );
     }
+    // Pods some service selects are known to every node through the endpoints already.
+    let behind_a_service: std::collections::HashSet<&str> = services
+        .iter()
+        .filter_map(|r| match &r.kind {
+            Some(Kind::Service(s)) => Some(s.endpoints.iter().map(|e| e.workload_uid.as_str())),
+            _ => None,
+        })
+        .flatten()
+        .collect();
     let mut out: BTreeMap<String, NodeConfig> = BTreeMap::new();
     for node in model
         .of("Node")
@@ -227,12 +285,14 @@ pub fn all_nodes(model: &Model, opts: &TranslateOptions<'_>) -> BTreeMap<String,
     for p in &pods {
         pods_by_node.entry(p.node.as_str()).or_default().push(p);
     }
-    // Every node's meshed pods, one shared resource per node, sent to all nodes.
+    // Every node's meshed pods that no service selects (reached by pod IP), one shared resource
+    // per node, sent to all nodes.
     let mut address_books: Vec<Arc<Resource>> = vec![];
     for (node, pods) in &pods_by_node {
         let meshed: Vec<PeerAddress> = pods
             .iter()
             .filter(|p| p.running && !node.is_empty())
+            .filter(|p| !behind_a_service.contains(p.uid.as_str()))
             .filter_map(|p| {
                 let ip = p.ip?;
                 let m = *mesh_by_ns
@@ -259,13 +319,13 @@ pub fn all_nodes(model: &Model, opts: &TranslateOptions<'_>) -> BTreeMap<String,
             .collect();
         if !meshed.is_empty() {
             let name = format!("addresses/{node}");
-            address_books.push(Arc::new(Resource {
+            address_books.push(interner.intern(Arc::new(Resource {
                 name: name.clone(),
                 kind: Some(Kind::AddressBook(AddressBook {
                     node: node.to_string(),
                     pods: meshed,
                 })),
-            }));
+            })));
         }
     }
     for (node, cfg) in out.iter_mut() {
@@ -274,17 +334,20 @@ pub fn all_nodes(model: &Model, opts: &TranslateOptions<'_>) -> BTreeMap<String,
                 if w.mesh {
                     for pol in ir::authz::applying(&compiled.policies, &p.namespace, &p.labels) {
                         w.policies.push(pol.name.clone());
-                        cfg.insert(pol.resource.name.clone(), pol.resource.clone());
+                        cfg.insert(
+                            pol.resource.name.clone(),
+                            interner.intern(pol.resource.clone()),
+                        );
                     }
                     w.policies.sort();
                     w.policies.dedup();
                 }
                 cfg.insert(
                     format!("workload/{}", w.uid),
-                    Arc::new(Resource {
+                    interner.intern(Arc::new(Resource {
                         name: format!("workload/{}", w.uid),
                         kind: Some(Kind::Workload(w)),
-                    }),
+                    })),
                 );
             }
         }
@@ -410,6 +473,31 @@ mod tests {
     }
 
     #[test]
+    fn interning_keeps_unchanged_resources_shared() {
+        let mut interner = Interner::default();
+        let opts = TranslateOptions::new("td");
+        let a = all_nodes_interned(&model(), &opts, &mut interner);
+        let b = all_nodes_interned(&model(), &opts, &mut interner);
+        assert!(Arc::ptr_eq(
+            &a["node-a"]["service/demo/b"],
+            &b["node-b"]["service/demo/b"]
+        ));
+        assert!(Arc::ptr_eq(
+            &a["node-a"]["workload/ua"],
+            &b["node-a"]["workload/ua"]
+        ));
+        let mut m = model();
+        m.insert(json!({"kind": "Service", "metadata": {"name": "b", "namespace": "demo"},
+               "spec": {"clusterIP": "10.96.0.11", "selector": {"app": "b"}, "ports": [{"name": "http", "port": 80, "targetPort": "http"}]}}));
+        let c = all_nodes_interned(&m, &opts, &mut interner);
+        assert!(!Arc::ptr_eq(
+            &b["node-a"]["service/demo/b"],
+            &c["node-a"]["service/demo/b"]
+        ));
+        assert_eq!(diff(&b["node-c"], &c["node-c"]).0.len(), 1);
+    }
+
+    #[test]
     fn only_changed_nodes_get_a_delta() {
         let before = all_nodes(&model(), &TranslateOptions::new("td"));
         let mut m = model();
@@ -429,7 +517,11 @@ mod tests {
             panic!()
         };
         let ips: Vec<&str> = book.pods.iter().map(|p| p.ip.as_str()).collect();
-        assert_eq!(ips, vec!["10.244.1.2", "10.244.1.3"], "meshed pods only");
+        assert_eq!(
+            ips,
+            vec!["10.244.1.3"],
+            "meshed pods no service selects (a is behind service b)"
+        );
         // A change to a pod outside the mesh reaches its node only.
         let mut m2 = m.clone();
         m2.insert(json!({"kind": "Pod", "metadata": {"name": "p", "namespace": "plain", "uid": "up", "labels": {"app": "c"}},
