@@ -44,6 +44,8 @@ pub enum Source {
         ca: String,
         /// Requested workload certificate lifetime.
         cert_ttl: Duration,
+        /// The mesh root (PEM) verifying the controller's TLS certificate; `None`: plaintext.
+        ca_root_pem: Option<String>,
     },
 }
 
@@ -184,15 +186,18 @@ impl Agent {
             credential,
             ca,
             cert_ttl,
+            ca_root_pem,
         } = &self.cfg.source
         {
-            self.controller = Some(sources::controller::ControllerSource::spawn(
+            self.controller = Some(sources::controller::ControllerSource::spawn_tls(
                 url.clone(),
                 self.cfg.node.clone(),
                 credential.clone(),
+                ca_root_pem.clone(),
             ));
             let mut mc = ManagerConfig::new(ca.clone(), credential.clone());
             mc.ttl = *cert_ttl;
+            mc.ca_root_pem = ca_root_pem.clone();
             let certs = Arc::new(CertManager::new(mc).map_err(|e| AgentError::Pod {
                 pod: "-".into(),
                 message: format!("certificate manager for {ca}: {e}"),

@@ -75,6 +75,10 @@ enum Command {
         /// The controller's certificate service; default: the --controller host on port 15012.
         #[arg(long, requires = "controller")]
         ca: Option<String>,
+        /// The mesh root (PEM file) that verifies the controller's TLS certificate; required for
+        /// `https://` controller URLs (Kubernetes: the `weft-ca-root` ConfigMap).
+        #[arg(long, requires = "controller")]
+        ca_root: Option<PathBuf>,
         /// Requested lifetime of workload certificates (rotated at half-life).
         #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
         cert_ttl: Duration,
@@ -205,6 +209,7 @@ fn main() -> anyhow::Result<()> {
             controller,
             token_file,
             ca,
+            ca_root,
             cert_ttl,
             local_config,
             lab_cluster_dir,
@@ -229,11 +234,27 @@ fn main() -> anyhow::Result<()> {
                         Some(ca) => ca,
                         None => ca_from_controller(&url)?,
                     };
+                    let ca_root_pem = match &ca_root {
+                        Some(f) => Some(
+                            std::fs::read_to_string(f)
+                                .with_context(|| format!("reading --ca-root {}", f.display()))?,
+                        ),
+                        None if url.starts_with("https://") => anyhow::bail!(
+                            "--controller {url} is https: --ca-root FILE (the mesh root) is required to verify it"
+                        ),
+                        None => {
+                            tracing::warn!(
+                                "PLAINTEXT to the controller ({url}): the node token and certificates cross the network in clear; use https:// with --ca-root"
+                            );
+                            None
+                        }
+                    };
                     Source::Controller {
                         url,
                         credential,
                         ca,
                         cert_ttl,
+                        ca_root_pem,
                     }
                 }
                 (None, Some(f), _) => Source::Local(f),

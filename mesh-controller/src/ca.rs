@@ -185,6 +185,45 @@ impl Ca {
     }
 }
 
+impl Ca {
+    /// The controller's own TLS identity for the config stream and the certificate service: a
+    /// P-256 key and a certificate for `sans` (DNS names or IP addresses) signed by the mesh root,
+    /// valid one year (re-issued at every start). Returns (certificate chain PEM, key PEM).
+    pub fn server_identity(&self, sans: &[String]) -> Result<(String, String), CaError> {
+        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
+            .map_err(|e| CaError::Sign(e.to_string()))?;
+        let mut p = CertificateParams::default();
+        p.subject_alt_names = sans
+            .iter()
+            .map(|s| match s.parse::<std::net::IpAddr>() {
+                Ok(ip) => Ok(SanType::IpAddress(ip)),
+                Err(_) => s
+                    .clone()
+                    .try_into()
+                    .map(SanType::DnsName)
+                    .map_err(|e| CaError::Sign(format!("--tls-san {s:?}: {e}"))),
+            })
+            .collect::<Result<_, _>>()?;
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::CommonName, "weft controller");
+        p.distinguished_name = dn;
+        p.is_ca = IsCa::ExplicitNoCa;
+        p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        p.use_authority_key_identifier_extension = true;
+        let now = time::OffsetDateTime::now_utc();
+        p.not_before = now - time::Duration::minutes(1);
+        p.not_after = now + time::Duration::days(365);
+        let cert = p
+            .signed_by(&key, &self.issuer)
+            .map_err(|e| CaError::Sign(e.to_string()))?;
+        Ok((
+            format!("{}{}", cert.pem(), self.root_pem),
+            key.serialize_pem(),
+        ))
+    }
+}
+
 /// A new self-signed ECDSA P-256 root (10 years): (certificate PEM, key PEM).
 pub fn generate_root(trust_domain: &str) -> Result<(String, String), String> {
     let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(|e| e.to_string())?;

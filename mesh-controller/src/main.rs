@@ -79,6 +79,15 @@ enum Command {
         /// absent.
         #[arg(long, default_value = "/var/lib/weft/ca")]
         ca_dir: PathBuf,
+        /// A DNS name or IP address agents reach the controller by (repeatable): the config stream
+        /// and the certificate service are served over TLS with a certificate for these names,
+        /// issued by the mesh root (agents verify it with `--ca-root`).
+        #[arg(long, conflicts_with = "plaintext")]
+        tls_san: Vec<String>,
+        /// Serve the config stream and the certificate service without TLS (tokens and
+        /// certificates in clear: local debugging only).
+        #[arg(long)]
+        plaintext: bool,
         /// Changes are coalesced for this long (capped at 10×) before being sent.
         #[arg(long, default_value = "100ms", value_parser = humantime::parse_duration)]
         debounce: Duration,
@@ -144,6 +153,8 @@ fn main() -> anyhow::Result<()> {
             ca_listen,
             ca_dir,
             debounce,
+            tls_san,
+            plaintext,
         } => {
             let serve = Serve {
                 listen,
@@ -152,7 +163,13 @@ fn main() -> anyhow::Result<()> {
                 trust_domain,
                 root_namespace,
                 debounce,
+                tls_sans: if plaintext { vec![] } else { tls_san },
             };
+            if !plaintext && serve.tls_sans.is_empty() {
+                bail!(
+                    "pass --tls-san NAME|IP (repeatable) for TLS on :15010/:15012, or --plaintext"
+                );
+            }
             match source {
                 SourceKind::Files => {
                     let files = files.context("--files DIR is required with --source files")?;
@@ -197,6 +214,8 @@ fn main() -> anyhow::Result<()> {
                         &serve.trust_domain,
                     )
                     .await?;
+                    let ns = ca_secret.split_once('/').map(|(ns, _)| ns).unwrap_or("weft-system");
+                    mesh_controller::sources::kube::publish_root(&client, ns, ca.root_pem()).await?;
                     let store = Store::new(Default::default());
                     let synced = mesh_controller::sources::kube::spawn(client.clone(), store.clone());
                     mesh_controller::sources::kube::report_foreign_crds(&client).await;
@@ -287,6 +306,22 @@ struct Serve {
     trust_domain: String,
     root_namespace: String,
     debounce: Duration,
+    /// Names/addresses of the controller's TLS certificate; empty = plaintext (`--plaintext`).
+    tls_sans: Vec<String>,
+}
+
+/// A tonic server builder, with TLS (a certificate from the mesh root) unless plaintext.
+fn grpc_server(tls: &Option<(String, String)>) -> anyhow::Result<tonic::transport::Server> {
+    let b = tonic::transport::Server::builder();
+    Ok(match tls {
+        Some((cert, key)) => b
+            .tls_config(
+                tonic::transport::ServerTlsConfig::new()
+                    .identity(tonic::transport::Identity::from_pem(cert, key)),
+            )
+            .context("TLS for the controller's gRPC endpoints")?,
+        None => b,
+    })
 }
 
 impl Serve {
@@ -305,7 +340,19 @@ impl Serve {
             trust_domain: td,
             root_namespace,
             debounce,
+            tls_sans,
         } = self;
+        let tls = if tls_sans.is_empty() {
+            tracing::warn!(
+                "PLAINTEXT gRPC (--plaintext): agent tokens and certificates cross the network in clear"
+            );
+            None
+        } else {
+            Some(
+                ca.server_identity(&tls_sans)
+                    .context("the controller's TLS certificate")?,
+            )
+        };
 
         let hub = Hub::new(auth.clone());
         let bundle = translate::trust_bundle(&td, vec![ca.root_pem().to_string()]);
@@ -314,13 +361,10 @@ impl Serve {
             store: store.clone(),
             auth,
         };
+        let mut ca_grpc = grpc_server(&tls)?;
         tokio::spawn(async move {
             let svc = mesh_common::proto::ca::istio_certificate_service_server::IstioCertificateServiceServer::new(ca_server);
-            if let Err(e) = tonic::transport::Server::builder()
-                .add_service(svc)
-                .serve(ca_listen)
-                .await
-            {
+            if let Err(e) = ca_grpc.add_service(svc).serve(ca_listen).await {
                 tracing::error!("certificate service on {ca_listen}: {e}");
             }
         });
@@ -371,7 +415,7 @@ impl Serve {
             }
         });
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-        tonic::transport::Server::builder()
+        grpc_server(&tls)?
             .add_service(ConfigServiceServer::new(ConfigServer { hub }))
             .serve_with_shutdown(listen, async move {
                 tokio::select! {

@@ -310,3 +310,54 @@ async fn an_agent_that_subscribes_before_the_first_config_waits_for_it() {
     assert!(!d.snapshot);
     assert_eq!(d.resources.len(), 1);
 }
+
+#[tokio::test]
+async fn the_stream_is_served_over_tls_verified_with_the_mesh_root() {
+    let dir = std::env::temp_dir().join(format!("weft-stream-tls-{}", std::process::id()));
+    let ca = mesh_controller::ca::Ca::load_or_generate(&dir, "cluster.local").unwrap();
+    let (cert, key) = ca.server_identity(&["127.0.0.1".into()]).unwrap();
+    let hub = Hub::new(tokens());
+    hub.update(translate::all_nodes(
+        &model(false),
+        &translate::TranslateOptions::new("cluster.local"),
+    ));
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .tls_config(
+                tonic::transport::ServerTlsConfig::new()
+                    .identity(tonic::transport::Identity::from_pem(cert, key)),
+            )
+            .unwrap()
+            .add_service(ConfigServiceServer::new(ConfigServer { hub }))
+            .serve_with_incoming(TcpListenerStream::new(l)),
+    );
+    // Verified with the mesh root: the agent gets its config.
+    let good = ControllerSource::spawn_tls(
+        format!("https://{addr}"),
+        "node-a".into(),
+        "ta",
+        Some(ca.root_pem().to_string()),
+    );
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while good.read().is_err() {
+        assert!(tokio::time::Instant::now() < deadline, "no config over TLS");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Another root (an impostor's view): the agent refuses the controller and gets nothing.
+    let other_dir = dir.join("other");
+    let other = mesh_controller::ca::Ca::load_or_generate(&other_dir, "cluster.local").unwrap();
+    let bad = ControllerSource::spawn_tls(
+        format!("https://{addr}"),
+        "node-a".into(),
+        "ta",
+        Some(other.root_pem().to_string()),
+    );
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(
+        bad.read().is_err(),
+        "a controller not signed by the mesh root is refused"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

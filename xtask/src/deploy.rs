@@ -385,8 +385,16 @@ fn check_common(objs: &[Value]) -> anyhow::Result<()> {
         "agent: --pods-cgroup"
     );
     ensure!(
-        arg("--controller") == Some("http://weft-controller.weft-system.svc:15010"),
-        "agent: --controller"
+        arg("--controller") == Some("https://weft-controller.weft-system.svc:15010"),
+        "agent: --controller must be the controller Service over TLS"
+    );
+    let root = arg("--ca-root").context("agent: --ca-root (verifies the controller's TLS)")?;
+    ensure!(
+        c.volume_mounts
+            .iter()
+            .flatten()
+            .any(|m| root.starts_with(&format!("{}/", m.mount_path)) && m.name == "ca-root"),
+        "agent: --ca-root {root} is not on the ca-root volume (ConfigMap weft-ca-root)"
     );
     let token = arg("--token-file").context("agent: --token-file")?;
     let mounts = c.volume_mounts.clone().unwrap_or_default();
@@ -444,11 +452,16 @@ fn check_common(objs: &[Value]) -> anyhow::Result<()> {
     }
     let role: Role = get(objs, "Role", "weft-controller-ca")?;
     for rule in role.rules.iter().flatten() {
-        ensure!(rule.resources.as_deref() == Some(&["secrets".to_string()][..]));
+        // The CA Secret and the root ConfigMap it publishes, nothing else.
+        let (kind, name) = match rule.resources.as_deref() {
+            Some([r]) if r == "secrets" => ("Secrets", "weft-ca"),
+            Some([r]) if r == "configmaps" => ("ConfigMaps", "weft-ca-root"),
+            other => bail!("Role weft-controller-ca: unexpected resources {other:?}"),
+        };
         let create_only = rule.verbs == ["create"];
         ensure!(
-            create_only || rule.resource_names.as_deref() == Some(&["weft-ca".to_string()][..]),
-            "Role weft-controller-ca: {:?} on Secrets must be limited to resourceNames [weft-ca]",
+            create_only || rule.resource_names.as_deref() == Some(&[name.to_string()][..]),
+            "Role weft-controller-ca: {:?} on {kind} must be limited to resourceNames [{name}]",
             rule.verbs
         );
     }

@@ -55,6 +55,8 @@ pub struct ManagerConfig {
     pub backoff_max: Duration,
     /// Concurrent background CA calls (prefetch, rotation); on-demand fetches are not limited.
     pub background_concurrency: usize,
+    /// The mesh root (PEM) that verifies the CA's TLS certificate (`https://` addresses).
+    pub ca_root_pem: Option<String>,
 }
 
 impl ManagerConfig {
@@ -70,6 +72,7 @@ impl ManagerConfig {
             backoff_initial: Duration::from_secs(1),
             backoff_max: Duration::from_secs(60),
             background_concurrency: 2,
+            ca_root_pem: None,
         }
     }
 }
@@ -277,8 +280,14 @@ impl CertManager {
         };
         let runtime = tokio::runtime::Handle::try_current()
             .map_err(|e| address_err(format!("no tokio runtime: {e}")))?;
-        let channel = tonic::transport::Endpoint::from_shared(cfg.ca_address.clone())
-            .map_err(|e| address_err(e.to_string()))?
+        let mut endpoint = tonic::transport::Endpoint::from_shared(cfg.ca_address.clone())
+            .map_err(|e| address_err(e.to_string()))?;
+        if let Some(root) = &cfg.ca_root_pem {
+            endpoint = endpoint
+                .tls_config(crate::sources::controller::tls_to_controller(root))
+                .map_err(|e| address_err(format!("TLS: {e}")))?;
+        }
+        let channel = endpoint
             .connect_timeout(cfg.connect_timeout)
             .timeout(cfg.request_timeout)
             .connect_lazy();

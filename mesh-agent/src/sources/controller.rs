@@ -130,9 +130,27 @@ impl From<&str> for Credential {
     }
 }
 
+/// TLS to the controller: its certificate must chain to the mesh root (the server name is taken
+/// from the URL's host, IP addresses included).
+pub fn tls_to_controller(root_pem: &str) -> tonic::transport::ClientTlsConfig {
+    tonic::transport::ClientTlsConfig::new()
+        .ca_certificate(tonic::transport::Certificate::from_pem(root_pem))
+}
+
 impl ControllerSource {
     /// Starts the client task (needs a tokio runtime).
     pub fn spawn(url: String, node: String, credential: impl Into<Credential>) -> Self {
+        Self::spawn_tls(url, node, credential, None)
+    }
+
+    /// [`Self::spawn`] verifying the controller's TLS certificate against `root_pem`
+    /// (`https://` URLs).
+    pub fn spawn_tls(
+        url: String,
+        node: String,
+        credential: impl Into<Credential>,
+        root_pem: Option<String>,
+    ) -> Self {
         let credential = credential.into();
         let me = Self {
             shared: Arc::new(Mutex::new(Shared::default())),
@@ -144,7 +162,7 @@ impl ControllerSource {
             let mut backoff = Duration::from_millis(100);
             loop {
                 let result = match credential.read() {
-                    Ok(token) => session(&url, &node, &token, &shared).await,
+                    Ok(token) => session(&url, root_pem.as_deref(), &node, &token, &shared).await,
                     Err(e) => Err(e.into()),
                 };
                 match result {
@@ -209,11 +227,17 @@ impl ControllerSource {
 
 async fn session(
     url: &str,
+    root_pem: Option<&str>,
     node: &str,
     token: &str,
     shared: &Arc<Mutex<Shared>>,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-    let mut client = ConfigServiceClient::connect(url.to_string()).await?;
+    let mut endpoint = tonic::transport::Endpoint::from_shared(url.to_string())?
+        .connect_timeout(Duration::from_secs(5));
+    if let Some(root) = root_pem {
+        endpoint = endpoint.tls_config(tls_to_controller(root))?;
+    }
+    let mut client = ConfigServiceClient::new(endpoint.connect().await?);
     let (tx, rx) = mpsc::channel::<AgentMessage>(16);
     let have_version = shared
         .lock()

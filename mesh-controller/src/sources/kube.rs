@@ -387,6 +387,35 @@ pub async fn load_or_create_ca(
     anyhow::bail!("Secret {secret}: created but not readable")
 }
 
+/// Publishes the mesh root as the ConfigMap `weft-ca-root` (key `root-cert.pem`) in `namespace`: the
+/// agents mount it to verify the controller's TLS certificate (server-side apply, idempotent).
+pub async fn publish_root(client: &Client, namespace: &str, root_pem: &str) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    use k8s_openapi::api::core::v1::ConfigMap;
+    let api: Api<ConfigMap> = Api::namespaced(client.clone(), namespace);
+    let cm = serde_json::json!({
+        "apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": ROOT_CONFIGMAP, "namespace": namespace,
+                     "labels": {PART_OF.0: PART_OF.1}},
+        "data": {"root-cert.pem": root_pem},
+    });
+    api.patch(
+        ROOT_CONFIGMAP,
+        &kube::api::PatchParams::apply("weft-controller").force(),
+        &kube::api::Patch::Apply(cm),
+    )
+    .await
+    .with_context(|| format!("publishing ConfigMap {namespace}/{ROOT_CONFIGMAP}"))?;
+    info!(
+        namespace,
+        "mesh root published as ConfigMap {ROOT_CONFIGMAP}"
+    );
+    Ok(())
+}
+
+/// The ConfigMap agents read the mesh root from.
+pub const ROOT_CONFIGMAP: &str = "weft-ca-root";
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -50,8 +50,10 @@ pub fn start(lab: &Lab, st: &LabState, node: &NodeState) -> anyhow::Result<i32> 
     } else {
         cmd.args([
             "--controller",
-            &format!("http://{CONTROLLER_IP}:{}", mesh_common_xds_port()),
+            &format!("https://{CONTROLLER_IP}:{}", mesh_common_xds_port()),
         ])
+        .arg("--ca-root")
+        .arg(controller_root(lab))
         .arg("--token-file")
         .arg(lab.node_token_file(&node.name));
     }
@@ -166,6 +168,8 @@ pub fn start_controller(lab: &Lab, st: &LabState) -> anyhow::Result<i32> {
         .args(["--ca-listen", &format!("{CONTROLLER_IP}:15012")])
         .arg("--ca-dir")
         .arg(lab.dir.join("ca"))
+        // TLS on :15010/:15012 with a certificate from the mesh root for the address agents use.
+        .args(["--tls-san", &CONTROLLER_IP.to_string()])
         .env(
             "RUST_LOG",
             std::env::var("WEFT_CONTROLLER_LOG").unwrap_or_else(|_| "info".into()),
@@ -176,7 +180,29 @@ pub fn start_controller(lab: &Lab, st: &LabState) -> anyhow::Result<i32> {
         etc: None,
         hostname: None,
     };
-    pod::spawn(cmd, &ctx, &lab.controller_log())
+    let pid = pod::spawn(cmd, &ctx, &lab.controller_log())?;
+    // The agents verify the controller with the mesh root it writes on first start.
+    let root = controller_root(lab);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !root.exists() {
+        if controller_pids(lab).is_empty() {
+            let log = std::fs::read_to_string(lab.controller_log()).unwrap_or_default();
+            bail!("the controller exited at start:\n{log}");
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "the controller wrote no CA root ({}) within 10 s",
+                root.display()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(pid)
+}
+
+/// The mesh root the lab's controller generated (agents' `--ca-root`).
+pub fn controller_root(lab: &Lab) -> std::path::PathBuf {
+    lab.dir.join("ca").join("root-cert.pem")
 }
 
 pub fn stop_controller(lab: &Lab, signal: nix::sys::signal::Signal) -> anyhow::Result<bool> {
