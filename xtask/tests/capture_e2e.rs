@@ -10,18 +10,6 @@ use std::time::{Duration, Instant};
 use common::*;
 use serde_json::Value;
 
-fn pod_ip(ns: &str, name: &str) -> String {
-    status()["pods"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|p| p["namespace"] == ns && p["name"] == name)
-        .unwrap()["ip"]
-        .as_str()
-        .unwrap()
-        .to_string()
-}
-
 fn service_ip(ns: &str, name: &str) -> String {
     status()["services"]
         .as_array()
@@ -43,28 +31,6 @@ fn capture_lab() -> LabGuard {
     lab
 }
 
-fn wait_enrolled(node: &str, pods: &[&str]) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let v = bpf("pods", node);
-        let enrolled: Vec<String> = v
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|p| p["enrolled"] == true)
-            .map(|p| p["name"].as_str().unwrap().to_string())
-            .collect();
-        if pods.iter().all(|p| enrolled.iter().any(|e| e == p)) {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "pods {pods:?} not enrolled on {node}: {v}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
 fn wait_unenrolled(node: &str, pod: &str) {
     let deadline = Instant::now() + Duration::from_secs(10);
     while bpf("pods", node)
@@ -76,13 +42,6 @@ fn wait_unenrolled(node: &str, pod: &str) {
         assert!(Instant::now() < deadline, "{pod} still enrolled on {node}");
         std::thread::sleep(Duration::from_millis(100));
     }
-}
-
-/// One HTTP request from a pod; returns the echo JSON.
-fn curl(ns: &str, pod: &str, url: &str) -> Value {
-    let (ok, out) = try_exec_ns(ns, pod, &["curl", "-sf", "--max-time", "5", url]);
-    assert!(ok, "curl {url} from {ns}/{pod} failed: {out}");
-    serde_json::from_str(&out).unwrap_or_else(|e| panic!("{url}: {e}: {out}"))
 }
 
 #[test]

@@ -17,40 +17,6 @@ use serde_json::Value;
 const CLIENT_ID: &str = "spiffe://cluster.local/ns/secure/sa/client";
 const SERVER_ID: &str = "spiffe://cluster.local/ns/secure/sa/server";
 
-fn pod_ip(ns: &str, name: &str) -> String {
-    status()["pods"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|p| p["namespace"] == ns && p["name"] == name)
-        .unwrap()["ip"]
-        .as_str()
-        .unwrap()
-        .to_string()
-}
-
-fn wait_enrolled(node: &str, pods: &[&str]) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let v = bpf("pods", node);
-        let enrolled: Vec<String> = v
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|p| p["enrolled"] == true)
-            .map(|p| p["name"].as_str().unwrap().to_string())
-            .collect();
-        if pods.iter().all(|p| enrolled.iter().any(|e| e == p)) {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "pods {pods:?} not enrolled on {node}: {v}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
 fn tunnel_lab(env: &[(&str, &str)]) -> LabGuard {
     let lab = LabGuard::up_with_env(env);
     ok(&["lab", "apply", "-f", &fixture("tunnel.yaml")]);
@@ -83,12 +49,6 @@ fn sample(metrics: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
         })
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
-}
-
-fn curl(ns: &str, pod: &str, url: &str) -> Value {
-    let (ok, out) = try_exec_ns(ns, pod, &["curl", "-sf", "--max-time", "5", url]);
-    assert!(ok, "curl {url} from {ns}/{pod} failed: {out}");
-    serde_json::from_str(&out).unwrap_or_else(|e| panic!("{url}: {e}: {out}"))
 }
 
 #[test]

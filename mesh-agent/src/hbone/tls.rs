@@ -27,23 +27,13 @@ pub fn provider() -> Arc<CryptoProvider> {
     Arc::new(p)
 }
 
-/// The URI SANs of a certificate (SPIFFE IDs).
+/// The URI SANs of a certificate (SPIFFE IDs); none when it does not parse.
 pub fn uri_sans(cert: &CertificateDer<'_>) -> Vec<String> {
-    use x509_parser::prelude::*;
-    let Ok((_, c)) = X509Certificate::from_der(cert.as_ref()) else {
-        return vec![];
-    };
-    let Ok(Some(san)) = c.subject_alternative_name() else {
-        return vec![];
-    };
-    san.value
-        .general_names
-        .iter()
-        .filter_map(|n| match n {
-            GeneralName::URI(u) => Some(u.to_string()),
-            _ => None,
-        })
-        .collect()
+    use x509_parser::prelude::FromDer as _;
+    x509_parser::certificate::X509Certificate::from_der(cert.as_ref())
+        .ok()
+        .and_then(|(_, c)| crate::identity::cert::uri_sans(&c).ok())
+        .unwrap_or_default()
 }
 
 /// The trust domain of a SPIFFE ID (`spiffe://<td>/...`).

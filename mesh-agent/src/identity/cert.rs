@@ -252,7 +252,8 @@ impl WorkloadCert {
     }
 }
 
-fn uri_sans(cert: &X509Certificate<'_>) -> Result<Vec<String>, String> {
+/// The URI SANs (SPIFFE IDs) of a parsed certificate.
+pub(crate) fn uri_sans(cert: &X509Certificate<'_>) -> Result<Vec<String>, String> {
     Ok(cert
         .subject_alternative_name()
         .map_err(|e| e.to_string())?

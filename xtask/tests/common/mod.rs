@@ -5,6 +5,7 @@
 use std::{
     path::{Path, PathBuf},
     process::{Command, Output},
+    time::{Duration, Instant},
 };
 
 use serde_json::Value;
@@ -238,4 +239,47 @@ pub fn fixture(name: &str) -> String {
         .join(name)
         .to_string_lossy()
         .into_owned()
+}
+
+/// The IP of a lab pod.
+pub fn pod_ip(ns: &str, name: &str) -> String {
+    status()["pods"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["namespace"] == ns && p["name"] == name)
+        .unwrap()["ip"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+/// Waits (bounded) until the node agent enrolled `pods`.
+pub fn wait_enrolled(node: &str, pods: &[&str]) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let v = bpf("pods", node);
+        let enrolled: Vec<String> = v
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|p| p["enrolled"] == true)
+            .map(|p| p["name"].as_str().unwrap().to_string())
+            .collect();
+        if pods.iter().all(|p| enrolled.iter().any(|e| e == p)) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "pods {pods:?} not enrolled on {node}: {v}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// One HTTP request from a pod; returns the echo JSON.
+pub fn curl(ns: &str, pod: &str, url: &str) -> Value {
+    let (ok, out) = try_exec_ns(ns, pod, &["curl", "-sf", "--max-time", "5", url]);
+    assert!(ok, "curl {url} from {ns}/{pod} failed: {out}");
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("{url}: {e}: {out}"))
 }
