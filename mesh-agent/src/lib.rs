@@ -8,6 +8,8 @@
 //! - [`hbone`]: the mTLS tunnel between node proxies (HTTP/2 CONNECT, `:15008`).
 //! - [`identity`]: workload certificates (per-identity keys, CSRs to the controller CA, rotation).
 //! - [`policy`]: inbound AuthorizationPolicy (L4) and PeerAuthentication evaluation (pure).
+//! - [`l7`]: HTTP route selection over the controller's `RouteTable`s: matching, weighted
+//!   destinations, DestinationRule subsets (pure).
 //! - [`agent`]: the run loop tying them together; [`inspect`]: `mesh-agent bpf …`; [`admin`]: the
 //!   localhost admin endpoint (`config`, `certs`, `connections`).
 pub mod admin;
@@ -16,6 +18,7 @@ pub mod ebpf;
 pub mod hbone;
 pub mod identity;
 pub mod inspect;
+pub mod l7;
 pub mod metrics;
 pub mod pods;
 pub mod policy;

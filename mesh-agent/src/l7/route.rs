@@ -1,0 +1,798 @@
+//! Compiling a `RouteTable` (regexes built once) and selecting the route for a request.
+use mesh_common::proto::config::{HttpMatch, HttpRoute, KeyMatch, RouteTable, StringMatch};
+use regex::Regex;
+
+use super::request::RequestInfo;
+use mesh_common::proto::config::string_match::Kind;
+
+/// A route table that failed to compile (the agent NACKs the update with this message).
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "route table {table}: route {route}: match {block} {field}: invalid regex {pattern:?}: {source}"
+)]
+pub struct CompileError {
+    /// The table's host (`reviews.default.svc.cluster.local`).
+    pub table: String,
+    /// `#<index>` plus the route's name and origin when set.
+    pub route: String,
+    /// Index of the match block in the route.
+    pub block: usize,
+    /// `uri`, `method`, `authority`, `scheme`, `headers[<name>]`, `without_headers[<name>]`,
+    /// `query_params[<name>]`.
+    pub field: String,
+    pub pattern: String,
+    #[source]
+    pub source: Box<regex::Error>,
+}
+
+/// What to do with a request that matches no route of the table.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Unmatched {
+    /// VirtualService table: Istio's default route — all endpoints of the service, on the port
+    /// the request was sent to.
+    WholeService,
+    /// Gateway API table: answer 404 (Envoy response flag NR).
+    NotFound,
+}
+
+/// The outcome of [`CompiledTable::select`].
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Selection<'a> {
+    /// The first route (in table order) one of whose match blocks matches.
+    Route { index: usize, route: &'a HttpRoute },
+    /// No route matched.
+    NoRoute(Unmatched),
+}
+
+/// A compiled string condition.
+#[derive(Debug)]
+enum Str {
+    /// No variant set: anything / presence.
+    Any,
+    Exact(String),
+    Prefix(String),
+    Regex(Regex),
+}
+
+impl Str {
+    fn matches(&self, v: &str) -> bool {
+        match self {
+            Str::Any => true,
+            Str::Exact(e) => v == e,
+            Str::Prefix(p) => v.starts_with(p.as_str()),
+            Str::Regex(r) => r.is_match(v),
+        }
+    }
+}
+
+#[derive(Debug)]
+enum Uri {
+    Any,
+    Exact {
+        value: String,
+        ignore_case: bool,
+    },
+    /// Istio prefix: a plain string prefix.
+    Prefix {
+        value: String,
+        ignore_case: bool,
+    },
+    /// Gateway API PathPrefix: whole segments (the value without its trailing `/`; "" = all).
+    SegmentPrefix {
+        value: String,
+        ignore_case: bool,
+    },
+    Regex(Regex),
+}
+
+fn eq(a: &str, b: &str, ignore_case: bool) -> bool {
+    if ignore_case {
+        a.eq_ignore_ascii_case(b)
+    } else {
+        a == b
+    }
+}
+
+fn starts_with(s: &str, p: &str, ignore_case: bool) -> bool {
+    s.len() >= p.len() && s.is_char_boundary(p.len()) && eq(&s[..p.len()], p, ignore_case)
+}
+
+impl Uri {
+    fn matches(&self, path: &str) -> bool {
+        match self {
+            Uri::Any => true,
+            Uri::Exact { value, ignore_case } => eq(path, value, *ignore_case),
+            Uri::Prefix { value, ignore_case } => starts_with(path, value, *ignore_case),
+            Uri::SegmentPrefix { value, ignore_case } => {
+                value.is_empty()
+                    || (starts_with(path, value, *ignore_case)
+                        && matches!(path.as_bytes().get(value.len()), None | Some(b'/')))
+            }
+            Uri::Regex(r) => r.is_match(path),
+        }
+    }
+}
+
+#[derive(Debug)]
+struct KeyCond {
+    name: String,
+    value: Str,
+}
+
+#[derive(Debug)]
+struct Block {
+    uri: Uri,
+    method: Str,
+    authority: Str,
+    scheme: Str,
+    headers: Vec<KeyCond>,
+    without_headers: Vec<KeyCond>,
+    query_params: Vec<KeyCond>,
+    port: u32,
+    source_labels: Vec<(String, String)>,
+    source_namespace: String,
+}
+
+impl Block {
+    /// Every set condition holds (AND).
+    fn matches(&self, req: &RequestInfo) -> bool {
+        (self.port == 0 || self.port == u32::from(req.dst_port))
+            && (self.source_namespace.is_empty() || self.source_namespace == req.src_namespace)
+            && self
+                .source_labels
+                .iter()
+                .all(|(k, v)| req.src_labels.get(k) == Some(v))
+            && self.uri.matches(&req.path)
+            && self.method.matches(&req.method)
+            && self.scheme.matches(&req.scheme)
+            && (matches!(self.authority, Str::Any) || self.authority.matches(&req.authority))
+            && self.headers.iter().all(|h| header_matches(h, req))
+            && self.without_headers.iter().all(|h| !header_matches(h, req))
+            && self
+                .query_params
+                .iter()
+                .all(|q| req.query_param(&q.name).is_some_and(|v| q.value.matches(v)))
+    }
+}
+
+/// A header condition: absent never matches; several values are joined with `,`.
+fn header_matches(h: &KeyCond, req: &RequestInfo) -> bool {
+    req.header(&h.name).is_some_and(|v| h.value.matches(&v))
+}
+
+#[derive(Debug)]
+struct Compiled {
+    /// Empty = matches every request.
+    blocks: Vec<Block>,
+}
+
+/// A proto `RouteTable` with its regexes compiled, ready for [`CompiledTable::select`].
+#[derive(Debug)]
+pub struct CompiledTable {
+    table: RouteTable,
+    routes: Vec<Compiled>,
+}
+
+/// RE2 full-match: the whole string must match.
+fn full_regex(pattern: &str) -> Result<Regex, regex::Error> {
+    Regex::new(&format!("^(?:{pattern})$"))
+}
+
+/// Context for error messages while compiling one match block.
+struct Ctx<'a> {
+    table: &'a RouteTable,
+    index: usize,
+    route: &'a HttpRoute,
+    block: usize,
+}
+
+impl Ctx<'_> {
+    fn err(&self, field: String, pattern: &str, e: regex::Error) -> CompileError {
+        let mut route = format!("#{}", self.index);
+        if !self.route.name.is_empty() {
+            route.push_str(&format!(" {:?}", self.route.name));
+        }
+        if let Some(o) = &self.route.origin {
+            route.push_str(&format!(" ({} rule {})", o.object, o.rule));
+        }
+        CompileError {
+            table: if self.table.host.is_empty() {
+                format!("{}/{}", self.table.namespace, self.table.service)
+            } else {
+                self.table.host.clone()
+            },
+            route,
+            block: self.block,
+            field,
+            pattern: pattern.to_string(),
+            source: Box::new(e),
+        }
+    }
+
+    fn string(&self, m: Option<&StringMatch>, field: &str) -> Result<Str, CompileError> {
+        Ok(match m.and_then(|m| m.kind.as_ref()) {
+            None => Str::Any,
+            Some(Kind::Exact(e)) => Str::Exact(e.clone()),
+            Some(Kind::Prefix(p)) => Str::Prefix(p.clone()),
+            Some(Kind::Regex(r)) => {
+                Str::Regex(full_regex(r).map_err(|e| self.err(field.to_string(), r, e))?)
+            }
+        })
+    }
+
+    fn keys(&self, ks: &[KeyMatch], field: &str) -> Result<Vec<KeyCond>, CompileError> {
+        ks.iter()
+            .map(|k| {
+                Ok(KeyCond {
+                    name: k.name.clone(),
+                    value: self.string(k.value.as_ref(), &format!("{field}[{:?}]", k.name))?,
+                })
+            })
+            .collect()
+    }
+
+    fn block(&self, m: &HttpMatch) -> Result<Block, CompileError> {
+        let ignore_case = m.ignore_uri_case;
+        let uri = match m.uri.as_ref().and_then(|u| u.kind.as_ref()) {
+            None => Uri::Any,
+            Some(Kind::Exact(v)) => Uri::Exact {
+                value: v.clone(),
+                ignore_case,
+            },
+            Some(Kind::Prefix(v)) if m.uri_prefix_by_segment => Uri::SegmentPrefix {
+                value: v.trim_end_matches('/').to_string(),
+                ignore_case,
+            },
+            Some(Kind::Prefix(v)) => Uri::Prefix {
+                value: v.clone(),
+                ignore_case,
+            },
+            // Istio: ignoreUriCase applies to exact and prefix only.
+            Some(Kind::Regex(r)) => {
+                Uri::Regex(full_regex(r).map_err(|e| self.err("uri".into(), r, e))?)
+            }
+        };
+        Ok(Block {
+            uri,
+            method: self.string(m.method.as_ref(), "method")?,
+            authority: self.string(m.authority.as_ref(), "authority")?,
+            scheme: self.string(m.scheme.as_ref(), "scheme")?,
+            headers: self.keys(&m.headers, "headers")?,
+            without_headers: self.keys(&m.without_headers, "without_headers")?,
+            query_params: self.keys(&m.query_params, "query_params")?,
+            port: m.port,
+            source_labels: m
+                .source_labels
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+            source_namespace: m.source_namespace.clone(),
+        })
+    }
+}
+
+impl CompiledTable {
+    /// Compiles every regex of the table; the first invalid one fails the whole table.
+    pub fn new(table: RouteTable) -> Result<CompiledTable, CompileError> {
+        let mut routes = Vec::with_capacity(table.http.len());
+        for (index, route) in table.http.iter().enumerate() {
+            let blocks = route
+                .matches
+                .iter()
+                .enumerate()
+                .map(|(block, m)| {
+                    Ctx {
+                        table: &table,
+                        index,
+                        route,
+                        block,
+                    }
+                    .block(m)
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            routes.push(Compiled { blocks });
+        }
+        Ok(CompiledTable { table, routes })
+    }
+
+    /// The table as received.
+    pub fn table(&self) -> &RouteTable {
+        &self.table
+    }
+
+    /// What an unmatched request gets: 404 for Gateway API tables, the whole service otherwise.
+    pub fn unmatched(&self) -> Unmatched {
+        if self.table.gateway_api {
+            Unmatched::NotFound
+        } else {
+            Unmatched::WholeService
+        }
+    }
+
+    /// The first route with a matching block (blocks ORed, conditions within a block ANDed; a
+    /// route without blocks matches everything).
+    pub fn select(&self, req: &RequestInfo) -> Selection<'_> {
+        for (index, (c, route)) in self.routes.iter().zip(&self.table.http).enumerate() {
+            if c.blocks.is_empty() || c.blocks.iter().any(|b| b.matches(req)) {
+                return Selection::Route { index, route };
+            }
+        }
+        Selection::NoRoute(self.unmatched())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use mesh_common::proto::config::Origin;
+
+    use super::*;
+
+    fn exact(s: &str) -> Option<StringMatch> {
+        Some(StringMatch {
+            kind: Some(Kind::Exact(s.into())),
+        })
+    }
+    fn prefix(s: &str) -> Option<StringMatch> {
+        Some(StringMatch {
+            kind: Some(Kind::Prefix(s.into())),
+        })
+    }
+    fn regex(s: &str) -> Option<StringMatch> {
+        Some(StringMatch {
+            kind: Some(Kind::Regex(s.into())),
+        })
+    }
+    fn present() -> Option<StringMatch> {
+        Some(StringMatch { kind: None })
+    }
+    fn key(name: &str, value: Option<StringMatch>) -> KeyMatch {
+        KeyMatch {
+            name: name.into(),
+            value,
+        }
+    }
+    fn route(name: &str, matches: Vec<HttpMatch>) -> HttpRoute {
+        HttpRoute {
+            name: name.into(),
+            matches,
+            ..Default::default()
+        }
+    }
+    fn table(gateway_api: bool, http: Vec<HttpRoute>) -> CompiledTable {
+        CompiledTable::new(RouteTable {
+            host: "reviews.default.svc.cluster.local".into(),
+            namespace: "default".into(),
+            service: "reviews".into(),
+            gateway_api,
+            http,
+            ..Default::default()
+        })
+        .expect("table compiles")
+    }
+    fn req(path: &str) -> RequestInfo {
+        RequestInfo {
+            method: "GET".into(),
+            scheme: "http".into(),
+            path: path.into(),
+            authority: "reviews:9080".into(),
+            dst_port: 9080,
+            src_namespace: "default".into(),
+            ..Default::default()
+        }
+    }
+    fn with_header(mut r: RequestInfo, k: &str, v: &str) -> RequestInfo {
+        r.headers.entry(k.into()).or_default().push(v.into());
+        r
+    }
+    fn with_query(mut r: RequestInfo, k: &str, v: &str) -> RequestInfo {
+        r.query.push((k.into(), v.into()));
+        r
+    }
+    /// The selected route's name, or "<default>" / "<404>".
+    fn pick(t: &CompiledTable, r: &RequestInfo) -> String {
+        match t.select(r) {
+            Selection::Route { index, route } => {
+                assert_eq!(&t.table().http[index], route);
+                route.name.clone()
+            }
+            Selection::NoRoute(Unmatched::WholeService) => "<default>".into(),
+            Selection::NoRoute(Unmatched::NotFound) => "<404>".into(),
+        }
+    }
+    /// One single-block route "hit" plus nothing else: does `m` match `r`?
+    fn hits(m: HttpMatch, r: &RequestInfo) -> bool {
+        pick(&table(false, vec![route("hit", vec![m])]), r) == "hit"
+    }
+
+    #[test]
+    fn first_match_wins_in_order() {
+        let specific = |n: &str| {
+            route(
+                n,
+                vec![HttpMatch {
+                    headers: vec![key("end-user", exact("jason"))],
+                    ..Default::default()
+                }],
+            )
+        };
+        // Catch-all last: specific routes are reached first.
+        let t = table(false, vec![specific("jason"), route("all", vec![])]);
+        assert_eq!(
+            pick(&t, &with_header(req("/"), "end-user", "jason")),
+            "jason"
+        );
+        assert_eq!(pick(&t, &req("/")), "all");
+        // Catch-all first (bookinfo fault-injection-details-v1): the later route is never reached.
+        let t = table(false, vec![route("all", vec![]), specific("jason")]);
+        assert_eq!(pick(&t, &with_header(req("/"), "end-user", "jason")), "all");
+        assert_eq!(pick(&t, &req("/")), "all");
+        // Two matching routes: the first one in table order.
+        let t = table(
+            false,
+            vec![
+                route(
+                    "a",
+                    vec![HttpMatch {
+                        uri: prefix("/api"),
+                        ..Default::default()
+                    }],
+                ),
+                route(
+                    "b",
+                    vec![HttpMatch {
+                        uri: exact("/api/v1"),
+                        ..Default::default()
+                    }],
+                ),
+            ],
+        );
+        assert_eq!(pick(&t, &req("/api/v1")), "a");
+    }
+
+    #[test]
+    fn unmatched_virtual_service_vs_gateway_api() {
+        let routes = || {
+            vec![route(
+                "p",
+                vec![HttpMatch {
+                    uri: exact("/productpage"),
+                    ..Default::default()
+                }],
+            )]
+        };
+        let vs = table(false, routes());
+        let gw = table(true, routes());
+        assert_eq!(pick(&vs, &req("/productpage")), "p");
+        assert_eq!(pick(&gw, &req("/productpage")), "p");
+        assert_eq!(pick(&vs, &req("/other")), "<default>");
+        assert_eq!(pick(&gw, &req("/other")), "<404>");
+        assert_eq!(vs.unmatched(), Unmatched::WholeService);
+        assert_eq!(gw.unmatched(), Unmatched::NotFound);
+        // An empty table.
+        assert_eq!(pick(&table(false, vec![]), &req("/")), "<default>");
+        assert_eq!(pick(&table(true, vec![]), &req("/")), "<404>");
+    }
+
+    #[test]
+    fn uri_matches() {
+        let uri = |m: Option<StringMatch>, ignore: bool| HttpMatch {
+            uri: m,
+            ignore_uri_case: ignore,
+            ..Default::default()
+        };
+        #[rustfmt::skip]
+        let cases: Vec<(HttpMatch, &str, bool)> = vec![
+            (uri(exact("/productpage"), false), "/productpage", true),
+            (uri(exact("/productpage"), false), "/productpage/", false),
+            (uri(exact("/productpage"), false), "/ProductPage", false),
+            (uri(exact("/productpage"), true), "/ProductPage", true),
+            (uri(prefix("/static"), false), "/static/app.js", true),
+            (uri(prefix("/static"), false), "/staticfoo", true), // Istio: plain string prefix
+            (uri(prefix("/static"), false), "/Static/x", false),
+            (uri(prefix("/static"), true), "/STATIC/x", true),
+            (uri(prefix("/static"), false), "/stat", false),
+            (uri(regex("/api/v[0-9]+/.*"), false), "/api/v1/products", true),
+            (uri(regex("/api/v[0-9]+"), false), "/api/v1/products", false), // full match
+            (uri(regex("/api/v[0-9]+"), false), "/x/api/v1", false),
+            (uri(regex("/api/v[0-9]+"), true), "/API/v1", false), // ignoreUriCase: exact/prefix only
+            (uri(regex("a|/b"), false), "a", true), // alternation stays anchored
+            (uri(regex("a|/b"), false), "ab", false),
+            (uri(None, false), "/anything", true),
+        ];
+        for (i, (m, path, want)) in cases.into_iter().enumerate() {
+            assert_eq!(hits(m, &req(path)), want, "case {i}: {path}");
+        }
+    }
+
+    #[test]
+    fn gateway_api_path_prefix_by_segment() {
+        let seg = |p: &str| HttpMatch {
+            uri: prefix(p),
+            uri_prefix_by_segment: true,
+            ..Default::default()
+        };
+        #[rustfmt::skip]
+        let cases = [
+            ("/foo", "/foo", true), ("/foo", "/foo/bar", true), ("/foo", "/foobar", false),
+            ("/foo/", "/foo", true), ("/foo/", "/foo/bar", true), ("/foo/", "/foobar", false),
+            ("/", "/anything", true), ("/", "/", true),
+        ];
+        for (p, path, want) in cases {
+            assert_eq!(hits(seg(p), &req(path)), want, "{p} vs {path}");
+        }
+    }
+
+    #[test]
+    fn header_matches_and_without_headers() {
+        let h = |m: Option<StringMatch>| HttpMatch {
+            headers: vec![key("end-user", m)],
+            ..Default::default()
+        };
+        let wo = |m: Option<StringMatch>| HttpMatch {
+            without_headers: vec![key("end-user", m)],
+            ..Default::default()
+        };
+        let jason = with_header(req("/"), "end-user", "jason");
+        let jasonx = with_header(req("/"), "end-user", "jason-x");
+        let none = req("/");
+        let empty = with_header(req("/"), "end-user", "");
+        #[rustfmt::skip]
+        let cases: Vec<(HttpMatch, &RequestInfo, bool)> = vec![
+            (h(exact("jason")), &jason, true),
+            (h(exact("jason")), &jasonx, false),
+            (h(exact("jason")), &none, false),
+            (h(exact("Jason")), &jason, false), // values are case-sensitive
+            (h(prefix("jas")), &jasonx, true),
+            (h(prefix("jas")), &none, false),
+            (h(regex("jason(-.*)?")), &jasonx, true),
+            (h(regex("jason")), &jasonx, false), // full match
+            (h(present()), &jason, true),
+            (h(present()), &empty, true),
+            (h(present()), &none, false),
+            (h(None), &jason, true), // no StringMatch at all = presence
+            // withoutHeaders: the request must NOT match.
+            (wo(exact("jason")), &jason, false),
+            (wo(exact("jason")), &jasonx, true),
+            (wo(exact("jason")), &none, true),
+            (wo(present()), &none, true),
+            (wo(present()), &jason, false),
+            (wo(regex("jas.*")), &jasonx, false),
+        ];
+        for (i, (m, r, want)) in cases.into_iter().enumerate() {
+            assert_eq!(hits(m, r), want, "case {i}");
+        }
+        // A header sent twice is matched as "a,b" (Envoy).
+        let twice = with_header(with_header(req("/"), "x-v", "a"), "x-v", "b");
+        let m = HttpMatch {
+            headers: vec![key("x-v", exact("a,b"))],
+            ..Default::default()
+        };
+        assert!(hits(m, &twice));
+    }
+
+    #[test]
+    fn query_param_matches() {
+        let q = |m: Option<StringMatch>| HttpMatch {
+            query_params: vec![key("version", m)],
+            ..Default::default()
+        };
+        let v2 = with_query(req("/"), "version", "v2");
+        let v20 = with_query(req("/"), "version", "v20");
+        let flag = with_query(req("/"), "version", "");
+        let none = with_query(req("/"), "other", "v2");
+        let first = with_query(with_query(req("/"), "version", "v1"), "version", "v2");
+        #[rustfmt::skip]
+        let cases: Vec<(HttpMatch, &RequestInfo, bool)> = vec![
+            (q(exact("v2")), &v2, true),
+            (q(exact("v2")), &v20, false),
+            (q(exact("v2")), &none, false),
+            (q(regex("v[0-9]")), &v2, true),
+            (q(regex("v[0-9]")), &v20, false),
+            (q(present()), &flag, true),
+            (q(present()), &v2, true),
+            (q(present()), &none, false),
+            (q(exact("v2")), &first, false), // the first occurrence counts (Envoy)
+        ];
+        for (i, (m, r, want)) in cases.into_iter().enumerate() {
+            assert_eq!(hits(m, r), want, "case {i}");
+        }
+    }
+
+    #[test]
+    fn method_authority_scheme_port() {
+        let mut post = req("/");
+        post.method = "POST".into();
+        let method = |m| HttpMatch {
+            method: m,
+            ..Default::default()
+        };
+        assert!(hits(method(exact("POST")), &post));
+        assert!(!hits(method(exact("POST")), &req("/")));
+        assert!(!hits(method(exact("post")), &post));
+        assert!(hits(method(regex("POST|PUT")), &post));
+
+        let authority = |m| HttpMatch {
+            authority: m,
+            ..Default::default()
+        };
+        // Matched against the authority as sent, port included (Envoy's `:authority` matcher).
+        assert!(hits(authority(exact("reviews:9080")), &req("/")));
+        assert!(!hits(authority(exact("reviews")), &req("/")));
+        assert!(hits(authority(prefix("reviews")), &req("/")));
+        assert!(hits(authority(regex("reviews(:[0-9]+)?")), &req("/")));
+        let mut no_authority = req("/");
+        no_authority.authority.clear();
+        assert!(!hits(authority(prefix("reviews")), &no_authority));
+        assert!(hits(authority(None), &no_authority));
+
+        let scheme = |m| HttpMatch {
+            scheme: m,
+            ..Default::default()
+        };
+        assert!(hits(scheme(exact("http")), &req("/")));
+        assert!(!hits(scheme(exact("https")), &req("/")));
+
+        let port = |p| HttpMatch {
+            port: p,
+            ..Default::default()
+        };
+        assert!(hits(port(9080), &req("/")));
+        assert!(!hits(port(8080), &req("/")));
+        assert!(hits(port(0), &req("/")));
+    }
+
+    #[test]
+    fn source_labels_and_namespace() {
+        let labels = |kv: &[(&str, &str)]| -> BTreeMap<String, String> {
+            kv.iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        let mut client = req("/");
+        client.src_labels = labels(&[("app", "productpage"), ("version", "v1")]);
+        let sl = |kv: &[(&str, &str)]| HttpMatch {
+            source_labels: labels(kv).into_iter().collect(),
+            ..Default::default()
+        };
+        assert!(hits(sl(&[("app", "productpage")]), &client));
+        assert!(hits(
+            sl(&[("app", "productpage"), ("version", "v1")]),
+            &client
+        ));
+        assert!(!hits(
+            sl(&[("app", "productpage"), ("version", "v2")]),
+            &client
+        ));
+        assert!(!hits(sl(&[("team", "x")]), &client));
+        assert!(!hits(sl(&[("app", "productpage")]), &req("/")));
+        assert!(hits(sl(&[]), &req("/")));
+
+        let ns = |n: &str| HttpMatch {
+            source_namespace: n.into(),
+            ..Default::default()
+        };
+        assert!(hits(ns("default"), &client));
+        assert!(!hits(ns("other"), &client));
+        let mut unknown = req("/");
+        unknown.src_namespace.clear();
+        assert!(!hits(ns("default"), &unknown));
+    }
+
+    #[test]
+    fn and_within_block_or_across_blocks() {
+        let block = HttpMatch {
+            uri: prefix("/api"),
+            method: exact("GET"),
+            headers: vec![key("end-user", exact("jason"))],
+            ..Default::default()
+        };
+        let t = table(true, vec![route("r", vec![block])]);
+        let ok = with_header(req("/api/x"), "end-user", "jason");
+        assert_eq!(pick(&t, &ok), "r");
+        assert_eq!(pick(&t, &req("/api/x")), "<404>"); // header missing
+        let mut post = ok.clone();
+        post.method = "POST".into();
+        assert_eq!(pick(&t, &post), "<404>"); // method differs
+        assert_eq!(
+            pick(&t, &with_header(req("/x"), "end-user", "jason")),
+            "<404>"
+        );
+
+        // Blocks ORed.
+        let t = table(
+            true,
+            vec![route(
+                "r",
+                vec![
+                    HttpMatch {
+                        uri: exact("/a"),
+                        ..Default::default()
+                    },
+                    HttpMatch {
+                        headers: vec![key("x-canary", present())],
+                        ..Default::default()
+                    },
+                ],
+            )],
+        );
+        assert_eq!(pick(&t, &req("/a")), "r");
+        assert_eq!(pick(&t, &with_header(req("/b"), "x-canary", "1")), "r");
+        assert_eq!(pick(&t, &req("/b")), "<404>");
+    }
+
+    #[test]
+    fn bad_regex_rejected_with_context() {
+        let bad = |m: HttpMatch| {
+            let mut r = route("jason-route", vec![HttpMatch::default(), m]);
+            r.origin = Some(Origin {
+                object: "VirtualService/default/reviews".into(),
+                rule: 3,
+                r#match: 1,
+            });
+            let e = CompiledTable::new(RouteTable {
+                host: "reviews.default.svc.cluster.local".into(),
+                http: vec![route("ok", vec![]), r],
+                ..Default::default()
+            })
+            .expect_err("bad regex");
+            e.to_string()
+        };
+        let msg = bad(HttpMatch {
+            headers: vec![key("end-user", regex("(jason"))],
+            ..Default::default()
+        });
+        assert!(
+            msg.starts_with(
+                "route table reviews.default.svc.cluster.local: route #1 \"jason-route\" \
+                 (VirtualService/default/reviews rule 3): match 1 headers[\"end-user\"]: \
+                 invalid regex \"(jason\": "
+            ),
+            "{msg}"
+        );
+        for (m, field) in [
+            (
+                HttpMatch {
+                    uri: regex("[a-"),
+                    ..Default::default()
+                },
+                "uri",
+            ),
+            (
+                HttpMatch {
+                    method: regex("*"),
+                    ..Default::default()
+                },
+                "method",
+            ),
+            (
+                HttpMatch {
+                    authority: regex("a{2,1}"),
+                    ..Default::default()
+                },
+                "authority",
+            ),
+            (
+                HttpMatch {
+                    query_params: vec![key("v", regex("("))],
+                    ..Default::default()
+                },
+                "query_params[\"v\"]",
+            ),
+            (
+                HttpMatch {
+                    without_headers: vec![key("x", regex(")"))],
+                    ..Default::default()
+                },
+                "without_headers[\"x\"]",
+            ),
+        ] {
+            let msg = bad(m);
+            assert!(
+                msg.contains(&format!("match 1 {field}: invalid regex")),
+                "{msg}"
+            );
+        }
+    }
+}
