@@ -31,6 +31,8 @@
 //!   request must not match, so an absent header satisfies it.
 //! - `query_params`: names are case-sensitive, values percent-decoded, the first occurrence is
 //!   matched (Envoy); no variant set = present (with or without a value).
+//! - Header names `:authority`, `:method`, `:path` (with the query, as received) and `:scheme`
+//!   are answered from the request line, like Envoy's pseudo-headers.
 //! - `method`, `scheme`: exact/prefix/regex on the request's method (case-sensitive) and scheme.
 //! - `authority`: matched against `:authority` / `Host` **as sent**, so `exact: reviews` does not
 //!   match `reviews:9080` (Envoy matches the `:authority` header literally; use a prefix or a
@@ -58,3 +60,122 @@ pub use request::RequestInfo;
 pub use route::{CompileError, CompiledTable, Selection, Unmatched};
 pub use subset::{SubsetSelector, UnknownSubset, subset_endpoints};
 pub use weights::{pick, pick_random, total_weight};
+
+#[cfg(test)]
+mod tests {
+    //! Bookinfo's `virtual-service-reviews-test-v2` + `-90-10` + `destination-rule-all` through the
+    //! whole pipeline: route, weighted destination, subset endpoints.
+    use std::{
+        collections::BTreeMap,
+        net::{IpAddr, Ipv4Addr},
+    };
+
+    use mesh_common::proto::config::{
+        DestinationPolicy, HttpMatch, HttpRoute, KeyMatch, RouteTable, StringMatch, Subset,
+        WeightedDestination, string_match::Kind,
+    };
+
+    use super::*;
+    use crate::state::mesh::Endpoint;
+
+    const HOST: &str = "reviews.default.svc.cluster.local";
+
+    fn dest(subset: &str, weight: u32) -> WeightedDestination {
+        WeightedDestination {
+            host: HOST.into(),
+            subset: subset.into(),
+            weight,
+            ..Default::default()
+        }
+    }
+
+    fn ep(name: &str, version: &str) -> Endpoint {
+        Endpoint {
+            uid: name.into(),
+            name: name.into(),
+            ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            port: 9080,
+            mesh: true,
+            identity: String::new(),
+            labels: BTreeMap::from([
+                ("app".to_string(), "reviews".to_string()),
+                ("version".to_string(), version.to_string()),
+            ]),
+        }
+    }
+
+    #[test]
+    fn bookinfo_reviews() {
+        let table = CompiledTable::new(RouteTable {
+            host: HOST.into(),
+            http: vec![
+                HttpRoute {
+                    name: "jason".into(),
+                    matches: vec![HttpMatch {
+                        headers: vec![KeyMatch {
+                            name: "end-user".into(),
+                            value: Some(StringMatch {
+                                kind: Some(Kind::Exact("jason".into())),
+                            }),
+                        }],
+                        ..Default::default()
+                    }],
+                    destinations: vec![dest("v2", 100)],
+                    ..Default::default()
+                },
+                HttpRoute {
+                    name: "rest".into(),
+                    destinations: vec![dest("v1", 90), dest("v3", 10)],
+                    ..Default::default()
+                },
+            ],
+            ..Default::default()
+        })
+        .expect("compiles");
+        let policy = DestinationPolicy {
+            host: HOST.into(),
+            subsets: ["v1", "v2", "v3"]
+                .iter()
+                .map(|v| Subset {
+                    name: v.to_string(),
+                    labels: [("version".to_string(), v.to_string())]
+                        .into_iter()
+                        .collect(),
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        };
+        let endpoints = vec![ep("r1", "v1"), ep("r2", "v2"), ep("r3", "v3")];
+
+        let parts = |user: Option<&str>| {
+            let mut b = http::Request::get("/reviews/0").header("host", "reviews:9080");
+            if let Some(u) = user {
+                b = b.header("end-user", u);
+            }
+            b.body(()).expect("request").into_parts().0
+        };
+        let labels = BTreeMap::from([("app".to_string(), "productpage".to_string())]);
+        // Which pod serves the request for this roll.
+        let serve = |user: Option<&str>, roll: u64| -> String {
+            let req = RequestInfo::from_parts(&parts(user), 9080, "default", &labels);
+            let Selection::Route { route, .. } = table.select(&req) else {
+                panic!("a route matches");
+            };
+            let d = pick(&route.destinations, roll).expect("a destination");
+            let eps = subset_endpoints(&d.host, Some(&policy), &d.subset, &endpoints)
+                .expect("known subset");
+            assert_eq!(eps.len(), 1);
+            eps[0].name.clone()
+        };
+        for roll in [0, 50, 89, 90, 99] {
+            assert_eq!(serve(Some("jason"), roll), "r2");
+        }
+        assert_eq!(serve(None, 0), "r1");
+        assert_eq!(serve(None, 89), "r1");
+        assert_eq!(serve(None, 90), "r3");
+        assert_eq!(serve(Some("alice"), 99), "r3");
+        // Before the DestinationRule exists (make-before-break violated): 503 NC.
+        assert!(subset_endpoints(HOST, None, "v2", &endpoints).is_err());
+    }
+}

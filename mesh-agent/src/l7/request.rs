@@ -15,6 +15,8 @@ pub struct RequestInfo {
     pub path: String,
     /// Query parameters in order, names and values percent-decoded (`+` is kept as is).
     pub query: Vec<(String, String)>,
+    /// The query string as received, without the `?` ("" when none).
+    pub raw_query: String,
     /// Header values by lower-case name, in order; one entry per header line.
     pub headers: BTreeMap<String, Vec<String>>,
     /// `:authority` (HTTP/2, absolute-form URI) or else the `Host` header, as sent (with the port
@@ -59,6 +61,7 @@ impl RequestInfo {
             scheme: parts.uri.scheme_str().unwrap_or("http").to_string(),
             path: parts.uri.path().to_string(),
             query: parts.uri.query().map(parse_query).unwrap_or_default(),
+            raw_query: parts.uri.query().unwrap_or_default().to_string(),
             headers,
             authority,
             dst_port,
@@ -68,9 +71,17 @@ impl RequestInfo {
     }
 
     /// The header's values joined with `,` (how Envoy matches a header sent several times), or
-    /// `None` when absent.
+    /// `None` when absent. The pseudo-headers `:authority`, `:method`, `:path` (with the query)
+    /// and `:scheme` are answered from the request line.
     pub fn header(&self, name: &str) -> Option<String> {
-        self.headers.get(name).map(|v| v.join(","))
+        match name {
+            ":authority" => (!self.authority.is_empty()).then(|| self.authority.clone()),
+            ":method" => Some(self.method.clone()),
+            ":scheme" => Some(self.scheme.clone()),
+            ":path" if self.raw_query.is_empty() => Some(self.path.clone()),
+            ":path" => Some(format!("{}?{}", self.path, self.raw_query)),
+            _ => self.headers.get(name).map(|v| v.join(",")),
+        }
     }
 
     /// The first value of a query parameter (Envoy matches the first occurrence).
@@ -160,6 +171,13 @@ mod tests {
         assert_eq!(r.header("end-user").as_deref(), Some("jason"));
         assert_eq!(r.header("accept").as_deref(), Some("a,b"));
         assert_eq!(r.authority, "reviews:9080");
+        assert_eq!(r.header(":authority").as_deref(), Some("reviews:9080"));
+        assert_eq!(r.header(":method").as_deref(), Some("GET"));
+        assert_eq!(r.header(":scheme").as_deref(), Some("http"));
+        assert_eq!(
+            r.header(":path").as_deref(),
+            Some("/a/b?x=1&y=%2Fz&flag&x=2")
+        );
         assert_eq!(r.dst_port, 9080);
         assert_eq!(r.src_namespace, "default");
         assert_eq!(r.src_labels, labels);

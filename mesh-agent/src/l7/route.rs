@@ -626,6 +626,14 @@ mod tests {
         no_authority.authority.clear();
         assert!(!hits(authority(prefix("reviews")), &no_authority));
         assert!(hits(authority(None), &no_authority));
+        // The same through a `:authority` header match (Istio's translation of `authority`).
+        let pseudo = |n: &str, m| HttpMatch {
+            headers: vec![key(n, m)],
+            ..Default::default()
+        };
+        assert!(hits(pseudo(":authority", exact("reviews:9080")), &req("/")));
+        assert!(!hits(pseudo(":authority", present()), &no_authority));
+        assert!(hits(pseudo(":method", exact("GET")), &req("/")));
 
         let scheme = |m| HttpMatch {
             scheme: m,
