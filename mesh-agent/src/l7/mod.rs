@@ -43,6 +43,12 @@
 //!   request against the client the proxy identified, which is equivalent. A client that is not a
 //!   known pod has no labels and namespace "", so it matches no block that sets either.
 //!
+//! # TCP routes
+//! [`CompiledTable::select_tcp`] picks the first `tcp[]` route whose `L4Match` blocks match a
+//! connection ([`TcpInfo`]): `destination_subnets` (an IP or `IP/prefix`, ORed; empty = any;
+//! a malformed one fails the table), `port`, `source_labels`, `source_namespace`. None matching
+//! = the whole service.
+//!
 //! # Deviations and limits
 //! - The path is not normalised (Istio normalises by default: `..`, `//`, percent-decoding); the
 //!   caller should normalise before building the [`RequestInfo`] if it wants Istio's behaviour.
@@ -57,7 +63,7 @@ pub mod subset;
 pub mod weights;
 
 pub use request::RequestInfo;
-pub use route::{CompileError, CompiledTable, Selection, Unmatched};
+pub use route::{CompileError, CompiledTable, Selection, TcpInfo, Unmatched};
 pub use subset::{SubsetSelector, UnknownSubset, subset_endpoints};
 pub use weights::{pick, pick_random, total_weight};
 

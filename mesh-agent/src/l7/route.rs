@@ -1,5 +1,9 @@
 //! Compiling a `RouteTable` (regexes built once) and selecting the route for a request.
-use mesh_common::proto::config::{HttpMatch, HttpRoute, KeyMatch, RouteTable, StringMatch};
+use std::{collections::BTreeMap, net::IpAddr};
+
+use mesh_common::proto::config::{
+    HttpMatch, HttpRoute, KeyMatch, L4Match, RouteTable, StringMatch, TcpRoute,
+};
 use regex::Regex;
 
 use super::request::RequestInfo;
@@ -7,22 +11,33 @@ use mesh_common::proto::config::string_match::Kind;
 
 /// A route table that failed to compile (the agent NACKs the update with this message).
 #[derive(Debug, thiserror::Error)]
-#[error(
-    "route table {table}: route {route}: match {block} {field}: invalid regex {pattern:?}: {source}"
-)]
-pub struct CompileError {
-    /// The table's host (`reviews.default.svc.cluster.local`).
-    pub table: String,
-    /// `#<index>` plus the route's name and origin when set.
-    pub route: String,
-    /// Index of the match block in the route.
-    pub block: usize,
-    /// `uri`, `method`, `authority`, `scheme`, `headers[<name>]`, `without_headers[<name>]`,
-    /// `query_params[<name>]`.
-    pub field: String,
-    pub pattern: String,
-    #[source]
-    pub source: Box<regex::Error>,
+pub enum CompileError {
+    #[error(
+        "route table {table}: route {route}: match {block} {field}: invalid regex {pattern:?}: {source}"
+    )]
+    Regex {
+        /// The table's host (`reviews.default.svc.cluster.local`).
+        table: String,
+        /// `#<index>` plus the route's name and origin when set.
+        route: String,
+        /// Index of the match block in the route.
+        block: usize,
+        /// `uri`, `method`, `authority`, `scheme`, `headers["<name>"]`,
+        /// `without_headers["<name>"]`, `query_params["<name>"]`.
+        field: String,
+        pattern: String,
+        #[source]
+        source: Box<regex::Error>,
+    },
+    #[error(
+        "route table {table}: tcp route {route}: match {block} destination_subnets: invalid subnet {subnet:?} (want an IP or IP/prefix)"
+    )]
+    Subnet {
+        table: String,
+        route: String,
+        block: usize,
+        subnet: String,
+    },
 }
 
 /// What to do with a request that matches no route of the table.
@@ -171,11 +186,20 @@ struct Compiled {
 pub struct CompiledTable {
     table: RouteTable,
     routes: Vec<Compiled>,
+    tcp: Vec<Vec<L4Block>>,
 }
 
 /// RE2 full-match: the whole string must match.
 fn full_regex(pattern: &str) -> Result<Regex, regex::Error> {
     Regex::new(&format!("^(?:{pattern})$"))
+}
+
+fn table_name(t: &RouteTable) -> String {
+    if t.host.is_empty() {
+        format!("{}/{}", t.namespace, t.service)
+    } else {
+        t.host.clone()
+    }
 }
 
 /// Context for error messages while compiling one match block.
@@ -195,12 +219,8 @@ impl Ctx<'_> {
         if let Some(o) = &self.route.origin {
             route.push_str(&format!(" ({} rule {})", o.object, o.rule));
         }
-        CompileError {
-            table: if self.table.host.is_empty() {
-                format!("{}/{}", self.table.namespace, self.table.service)
-            } else {
-                self.table.host.clone()
-            },
+        CompileError::Regex {
+            table: table_name(self.table),
             route,
             block: self.block,
             field,
@@ -292,7 +312,27 @@ impl CompiledTable {
                 .collect::<Result<Vec<_>, _>>()?;
             routes.push(Compiled { blocks });
         }
-        Ok(CompiledTable { table, routes })
+        let mut tcp = Vec::with_capacity(table.tcp.len());
+        for (index, route) in table.tcp.iter().enumerate() {
+            let blocks = route
+                .matches
+                .iter()
+                .enumerate()
+                .map(|(block, m)| {
+                    L4Block::new(m).map_err(|subnet| CompileError::Subnet {
+                        table: table_name(&table),
+                        route: match &route.origin {
+                            Some(o) => format!("#{index} ({} rule {})", o.object, o.rule),
+                            None => format!("#{index}"),
+                        },
+                        block,
+                        subnet,
+                    })
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            tcp.push(blocks);
+        }
+        Ok(CompiledTable { table, routes, tcp })
     }
 
     /// The table as received.
@@ -318,6 +358,103 @@ impl CompiledTable {
             }
         }
         Selection::NoRoute(self.unmatched())
+    }
+
+    /// The first `tcp[]` route matching a connection (blocks ORed, a route without blocks matches
+    /// every connection), or `None`: the connection goes to the whole service (Istio's default;
+    /// Gateway API tables carry no TCP routes).
+    pub fn select_tcp(&self, conn: &TcpInfo<'_>) -> Option<(usize, &TcpRoute)> {
+        self.tcp
+            .iter()
+            .zip(&self.table.tcp)
+            .enumerate()
+            .find(|(_, (blocks, _))| blocks.is_empty() || blocks.iter().any(|b| b.matches(conn)))
+            .map(|(index, (_, route))| (index, route))
+    }
+}
+
+/// What a `tcp[]` route matches on (Istio `L4MatchAttributes`).
+#[derive(Clone, Copy, Debug)]
+pub struct TcpInfo<'a> {
+    /// The original destination (the service VIP, or the pod IP when dialled directly).
+    pub dst_ip: IpAddr,
+    pub dst_port: u16,
+    /// The client workload ("" / empty when unknown).
+    pub src_namespace: &'a str,
+    pub src_labels: &'a BTreeMap<String, String>,
+}
+
+/// An `IP/prefix` subnet.
+#[derive(Clone, Copy, Debug)]
+struct Subnet {
+    addr: IpAddr,
+    prefix: u8,
+}
+
+impl Subnet {
+    /// `a.b.c.d`, `a.b.c.d/n`, `x::y`, `x::y/n`; `None` if malformed.
+    fn parse(s: &str) -> Option<Subnet> {
+        let (ip, prefix) = match s.split_once('/') {
+            Some((ip, p)) => (ip, Some(p.parse::<u8>().ok()?)),
+            None => (s, None),
+        };
+        let addr: IpAddr = ip.parse().ok()?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = prefix.unwrap_or(max);
+        (prefix <= max).then_some(Subnet { addr, prefix })
+    }
+
+    fn contains(&self, ip: IpAddr) -> bool {
+        let bits = |a: IpAddr| -> (u128, u32) {
+            match a {
+                IpAddr::V4(v) => (u128::from(u32::from(v)), 32),
+                IpAddr::V6(v) => (u128::from(v), 128),
+            }
+        };
+        let ((net, width), (ip, ip_width)) = (bits(self.addr), bits(ip));
+        if width != ip_width {
+            return false;
+        }
+        let host_bits = width - u32::from(self.prefix);
+        host_bits >= width || (net >> host_bits) == (ip >> host_bits)
+    }
+}
+
+#[derive(Debug)]
+struct L4Block {
+    subnets: Vec<Subnet>,
+    port: u32,
+    source_labels: Vec<(String, String)>,
+    source_namespace: String,
+}
+
+impl L4Block {
+    /// Err = the malformed subnet.
+    fn new(m: &L4Match) -> Result<L4Block, String> {
+        Ok(L4Block {
+            subnets: m
+                .destination_subnets
+                .iter()
+                .map(|s| Subnet::parse(s).ok_or_else(|| s.clone()))
+                .collect::<Result<_, _>>()?,
+            port: m.port,
+            source_labels: m
+                .source_labels
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+            source_namespace: m.source_namespace.clone(),
+        })
+    }
+
+    fn matches(&self, c: &TcpInfo<'_>) -> bool {
+        (self.subnets.is_empty() || self.subnets.iter().any(|s| s.contains(c.dst_ip)))
+            && (self.port == 0 || self.port == u32::from(c.dst_port))
+            && (self.source_namespace.is_empty() || self.source_namespace == c.src_namespace)
+            && self
+                .source_labels
+                .iter()
+                .all(|(k, v)| c.src_labels.get(k) == Some(v))
     }
 }
 
@@ -802,5 +939,114 @@ mod tests {
                 "{msg}"
             );
         }
+    }
+
+    #[test]
+    fn tcp_routes() {
+        let l4 = |subnets: &[&str], port: u32, ns: &str, labels: &[(&str, &str)]| L4Match {
+            destination_subnets: subnets.iter().map(|s| s.to_string()).collect(),
+            port,
+            source_namespace: ns.into(),
+            source_labels: labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        };
+        let tcp = |name: &str, matches: Vec<L4Match>| TcpRoute {
+            origin: Some(Origin {
+                object: name.into(),
+                ..Default::default()
+            }),
+            matches,
+            ..Default::default()
+        };
+        let t = CompiledTable::new(RouteTable {
+            host: "db.default.svc.cluster.local".into(),
+            tcp: vec![
+                tcp(
+                    "subnet",
+                    vec![l4(&["10.96.0.0/16", "fd00::/8"], 0, "", &[])],
+                ),
+                tcp(
+                    "port-or-ns",
+                    vec![l4(&[], 5432, "", &[]), l4(&[], 0, "batch", &[])],
+                ),
+                tcp("labels", vec![l4(&[], 0, "", &[("app", "etl")])]),
+                tcp("exact-ip", vec![l4(&["192.168.1.7"], 0, "", &[])]),
+            ],
+            ..Default::default()
+        })
+        .expect("compiles");
+        let etl = BTreeMap::from([("app".to_string(), "etl".to_string())]);
+        let none = BTreeMap::new();
+        let sel = |ip: &str, port: u16, ns: &str, labels: &BTreeMap<String, String>| {
+            let conn = TcpInfo {
+                dst_ip: ip.parse().expect("ip"),
+                dst_port: port,
+                src_namespace: ns,
+                src_labels: labels,
+            };
+            t.select_tcp(&conn)
+                .and_then(|(i, r)| {
+                    assert_eq!(&t.table().tcp[i], r);
+                    r.origin.as_ref().map(|o| o.object.clone())
+                })
+                .unwrap_or_else(|| "<default>".into())
+        };
+        assert_eq!(sel("10.96.3.4", 3306, "default", &none), "subnet");
+        assert_eq!(sel("fd12::1", 3306, "default", &none), "subnet");
+        assert_eq!(sel("10.97.0.1", 5432, "default", &none), "port-or-ns");
+        assert_eq!(sel("10.97.0.1", 3306, "batch", &none), "port-or-ns");
+        assert_eq!(sel("10.97.0.1", 3306, "default", &etl), "labels");
+        assert_eq!(sel("192.168.1.7", 3306, "default", &none), "exact-ip");
+        assert_eq!(sel("192.168.1.8", 3306, "default", &none), "<default>");
+        // A catch-all tcp route.
+        let all = CompiledTable::new(RouteTable {
+            tcp: vec![tcp("all", vec![]), tcp("never", vec![])],
+            ..Default::default()
+        })
+        .expect("compiles");
+        let conn = TcpInfo {
+            dst_ip: "1.2.3.4".parse().expect("ip"),
+            dst_port: 1,
+            src_namespace: "",
+            src_labels: &none,
+        };
+        assert_eq!(all.select_tcp(&conn).map(|(i, _)| i), Some(0));
+        assert!(table(false, vec![]).select_tcp(&conn).is_none());
+    }
+
+    #[test]
+    fn subnets() {
+        let s = |v: &str| Subnet::parse(v);
+        let has = |net: &str, ip: &str| s(net).expect("subnet").contains(ip.parse().expect("ip"));
+        assert!(has("0.0.0.0/0", "8.8.8.8"));
+        assert!(!has("0.0.0.0/0", "::1"));
+        assert!(has("::/0", "::1"));
+        assert!(has("10.0.0.0/8", "10.255.0.1"));
+        assert!(!has("10.0.0.0/8", "11.0.0.1"));
+        assert!(has("10.1.2.3/32", "10.1.2.3"));
+        assert!(!has("10.1.2.3", "10.1.2.4"));
+        assert!(has("2001:db8::/32", "2001:db8:1::1"));
+        for bad in ["10.0.0.0/33", "::/129", "10.0.0/8", "x", "10.0.0.0/", ""] {
+            assert!(s(bad).is_none(), "{bad}");
+        }
+        let e = CompiledTable::new(RouteTable {
+            host: "db.default.svc.cluster.local".into(),
+            tcp: vec![TcpRoute {
+                matches: vec![L4Match {
+                    destination_subnets: vec!["10.0.0.0/40".into()],
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+            ..Default::default()
+        })
+        .expect_err("bad subnet");
+        assert_eq!(
+            e.to_string(),
+            "route table db.default.svc.cluster.local: tcp route #0: match 0 \
+             destination_subnets: invalid subnet \"10.0.0.0/40\" (want an IP or IP/prefix)"
+        );
     }
 }
