@@ -160,7 +160,7 @@ impl Block {
             && self.uri.matches(&req.path)
             && self.method.matches(&req.method)
             && self.scheme.matches(&req.scheme)
-            && (matches!(self.authority, Str::Any) || self.authority.matches(&req.authority))
+            && self.authority.matches(&req.authority)
             && self.headers.iter().all(|h| header_matches(h, req))
             && self.without_headers.iter().all(|h| !header_matches(h, req))
             && self
@@ -541,6 +541,13 @@ mod tests {
     /// One single-block route "hit" plus nothing else: does `m` match `r`?
     fn hits(m: HttpMatch, r: &RequestInfo) -> bool {
         pick(&table(false, vec![route("hit", vec![m])]), r) == "hit"
+    }
+
+    #[test]
+    fn compiled_table_is_shareable() {
+        fn send_sync<T: Send + Sync>() {}
+        send_sync::<CompiledTable>();
+        send_sync::<CompileError>();
     }
 
     #[test]
