@@ -167,7 +167,12 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
     }
 }
 
-fn capture(args: CaptureArgs) -> anyhow::Result<()> {
+/// A fresh single-node lab (release binaries) with `manifest` applied; runs `body`, then takes the
+/// lab down (also when `body` fails).
+pub(crate) fn with_lab(
+    manifest: &str,
+    body: impl FnOnce(&Lab) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
     util::require_root("the benchmark")?;
     setup::run(setup::Mode::Ensure)?;
     let lab = Lab::new()?;
@@ -180,16 +185,33 @@ fn capture(args: CaptureArgs) -> anyhow::Result<()> {
         let dir = std::env::temp_dir().join(format!("weft-bench-{}", std::process::id()));
         std::fs::create_dir_all(&dir)?;
         let f = dir.join("bench.yaml");
-        std::fs::write(&f, MANIFEST)?;
+        std::fs::write(&f, manifest)?;
         lab::apply(&lab, &[f])?;
         let _ = std::fs::remove_dir_all(&dir);
-        let st = lab::state(&lab)?;
+        body(&lab)
+    })();
+    let down = lab::down(&lab);
+    result?;
+    down
+}
+
+/// Pins every long-running lab process (agents, servers, relays) to `cpu`.
+pub(crate) fn pin_lab(cpu: &str) {
+    for pid in lab_pids() {
+        let _ =
+            util::output(Command::new("taskset").args(["-a", "-p", "-c", cpu, &pid.to_string()]));
+    }
+}
+
+fn capture(args: CaptureArgs) -> anyhow::Result<()> {
+    with_lab(MANIFEST, |lab| {
+        let st = lab::state(lab)?;
         let server = st.pods.get("bench-direct/server").context("server pod")?.ip;
         let target = format!("{server}:9000");
-        wait_enrolled(&lab)?;
+        wait_enrolled(lab)?;
         // (d): REDIRECT the client's connections to the server to the in-pod relay.
         exec(
-            &lab,
+            lab,
             "bench-iptables",
             &[
                 "iptables",
@@ -219,7 +241,7 @@ fn capture(args: CaptureArgs) -> anyhow::Result<()> {
         // variant: the full port range and TIME_WAIT reuse in each client pod.
         for (_, ns) in VARIANTS {
             exec(
-                &lab,
+                lab,
                 ns,
                 &[
                     "sysctl",
@@ -231,27 +253,19 @@ fn capture(args: CaptureArgs) -> anyhow::Result<()> {
         }
         // Pin every long-running process (agent, server, baseline relay) to one CPU.
         let cpu = args.cpu.to_string();
-        for pid in lab_pids() {
-            let _ = util::output(Command::new("taskset").args([
-                "-a",
-                "-p",
-                "-c",
-                &cpu,
-                &pid.to_string(),
-            ]));
-        }
+        pin_lab(&cpu);
         // Warm up every path once.
         for (_, ns) in VARIANTS {
-            bench(&lab, ns, &cpu, &["rr", &target, "-n", "200"])?;
+            bench_in(lab, ns, &cpu, &["rr", &target, "-n", "200"])?;
         }
         let mut samples: BTreeMap<(&str, &str), Vec<f64>> = BTreeMap::new();
         let t0 = Instant::now();
         for round in 1..=args.rounds {
             for (v, ns) in VARIANTS {
-                let rr = bench(&lab, ns, &cpu, &["rr", &target, "-n", &args.rr.to_string()])?;
-                let crr = bench(&lab, ns, &cpu, &["crr", &target, "-d", &args.crr])?;
-                let stream = bench(
-                    &lab,
+                let rr = bench_in(lab, ns, &cpu, &["rr", &target, "-n", &args.rr.to_string()])?;
+                let crr = bench_in(lab, ns, &cpu, &["crr", &target, "-d", &args.crr])?;
+                let stream = bench_in(
+                    lab,
                     ns,
                     &cpu,
                     &[
@@ -288,10 +302,7 @@ fn capture(args: CaptureArgs) -> anyhow::Result<()> {
             std::fs::write(out, &table).with_context(|| format!("writing {}", out.display()))?;
         }
         Ok(())
-    })();
-    let down = lab::down(&lab);
-    result?;
-    down
+    })
 }
 
 fn mesh_common_mark() -> u32 {
@@ -334,10 +345,6 @@ fn render(samples: &BTreeMap<(&str, &str), Vec<f64>>, args: &CaptureArgs) -> Str
 fn exec(lab: &Lab, ns: &str, cmd: &[&str]) -> anyhow::Result<String> {
     let argv: Vec<String> = cmd.iter().map(|s| s.to_string()).collect();
     util::output(&mut lab::pod_command(lab, ns, "client", &argv)?)
-}
-
-fn bench(lab: &Lab, ns: &str, cpu: &str, args: &[&str]) -> anyhow::Result<Value> {
-    bench_in(lab, ns, cpu, args)
 }
 
 /// `mesh-bench ARGS` pinned to `cpu` in the `client` pod of `ns`; its JSON report.

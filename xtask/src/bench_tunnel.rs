@@ -15,9 +15,8 @@ use anyhow::{Context as _, bail};
 use serde_json::Value;
 
 use crate::{
-    bench::{bench_in, lab_pids, median},
+    bench::{bench_in, median, pin_lab, with_lab},
     lab::{self, Lab},
-    setup,
 };
 
 #[derive(clap::Args)]
@@ -86,22 +85,8 @@ const VARIANTS: [(&str, &str, &str, &str); 3] = [
 ];
 
 pub fn run(args: TunnelArgs) -> anyhow::Result<()> {
-    crate::util::require_root("the benchmark")?;
-    setup::run(setup::Mode::Ensure)?;
-    let lab = Lab::new()?;
-    if lab::is_up(&lab) {
-        println!("a lab is running: the benchmark takes it down and uses its own");
-        lab::down(&lab)?;
-    }
-    lab::up_with(&lab, 1, true, lab::Profile::Release)?;
-    let result = (|| -> anyhow::Result<()> {
-        let dir = std::env::temp_dir().join(format!("weft-bench-tunnel-{}", std::process::id()));
-        std::fs::create_dir_all(&dir)?;
-        let f = dir.join("bench.yaml");
-        std::fs::write(&f, MANIFEST)?;
-        lab::apply(&lab, &[f])?;
-        let _ = std::fs::remove_dir_all(&dir);
-        let st = lab::state(&lab)?;
+    with_lab(MANIFEST, |lab| {
+        let st = lab::state(lab)?;
         let target = |ns: &str| -> anyhow::Result<String> {
             Ok(format!(
                 "{}:9000",
@@ -111,19 +96,11 @@ pub fn run(args: TunnelArgs) -> anyhow::Result<()> {
                     .ip
             ))
         };
-        wait_meshed(&lab)?;
+        wait_meshed(lab)?;
         let cpu = args.cpu.to_string();
-        for pid in lab_pids() {
-            let _ = crate::util::output(std::process::Command::new("taskset").args([
-                "-a",
-                "-p",
-                "-c",
-                &cpu,
-                &pid.to_string(),
-            ]));
-        }
+        pin_lab(&cpu);
         for (_, client, server, _) in VARIANTS {
-            bench_in(&lab, client, &cpu, &["rr", &target(server)?, "-n", "200"])?;
+            bench_in(lab, client, &cpu, &["rr", &target(server)?, "-n", "200"])?;
         }
         let mut samples: BTreeMap<(&str, &str), Vec<f64>> = BTreeMap::new();
         let t0 = Instant::now();
@@ -132,7 +109,7 @@ pub fn run(args: TunnelArgs) -> anyhow::Result<()> {
             for (v, client, server, _) in VARIANTS {
                 let t = target(server)?;
                 let rr = bench_in(
-                    &lab,
+                    lab,
                     client,
                     &cpu,
                     &[
@@ -146,9 +123,9 @@ pub fn run(args: TunnelArgs) -> anyhow::Result<()> {
                         &args.rate.to_string(),
                     ],
                 )?;
-                let s1 = bench_in(&lab, client, &cpu, &["stream", &t, "--bytes", &bytes])?;
+                let s1 = bench_in(lab, client, &cpu, &["stream", &t, "--bytes", &bytes])?;
                 let s8 = bench_in(
-                    &lab,
+                    lab,
                     client,
                     &cpu,
                     &["stream", &t, "--bytes", &bytes, "--streams", "8"],
@@ -173,7 +150,7 @@ pub fn run(args: TunnelArgs) -> anyhow::Result<()> {
         }
         // The HBONE variant really went through the tunnel.
         let m = crate::util::output(&mut lab::node_command(
-            &lab,
+            lab,
             "node-a",
             &["curl", "-sf", "http://127.0.0.1:15020/metrics"],
         )?)?;
@@ -189,10 +166,7 @@ pub fn run(args: TunnelArgs) -> anyhow::Result<()> {
             std::fs::write(out, &table).with_context(|| format!("writing {}", out.display()))?;
         }
         Ok(())
-    })();
-    let down = lab::down(&lab);
-    result?;
-    down
+    })
 }
 
 fn render(samples: &BTreeMap<(&str, &str), Vec<f64>>, args: &TunnelArgs) -> String {
