@@ -57,7 +57,11 @@
 //! - Weighted picks take the roll from the caller ([`weights::pick`]) so tests are deterministic;
 //!   [`weights::pick_random`] uses `fastrand`. Rolls are `u64` (a sum of `u32` weights can exceed
 //!   `u32`).
+pub mod lb;
+pub mod limits;
+pub mod outlier;
 pub mod request;
+pub mod retry;
 pub mod route;
 pub mod subset;
 pub mod weights;
