@@ -522,6 +522,7 @@ impl Agent {
             workload: plan.workload.clone(),
             conns: self.conns.clone(),
             tunnel: self.tunnel.clone(),
+            http: Default::default(),
         });
         ctx.refill();
         let mut tasks = vec![];

@@ -3,7 +3,7 @@ use std::sync::{Arc, Mutex};
 
 use prometheus_client::{
     encoding::{EncodeLabelSet, EncodeLabelValue},
-    metrics::{counter::Counter, family::Family, gauge::Gauge},
+    metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
     registry::Registry,
 };
 
@@ -65,6 +65,78 @@ impl TcpLabels {
     }
 }
 
+/// Istio's standard HTTP/gRPC request labels. Unknown values are `unknown`.
+#[derive(Clone, Debug, Default, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HttpLabels {
+    pub reporter: String,
+    pub source_workload: String,
+    pub source_workload_namespace: String,
+    pub source_principal: String,
+    pub source_app: String,
+    pub source_version: String,
+    pub destination_workload: String,
+    pub destination_workload_namespace: String,
+    pub destination_principal: String,
+    pub destination_app: String,
+    pub destination_version: String,
+    pub destination_service: String,
+    pub destination_service_name: String,
+    pub destination_service_namespace: String,
+    /// `http` or `grpc`.
+    pub request_protocol: String,
+    pub response_code: String,
+    /// gRPC status code (numeric) or `-`... Istio: empty for non-gRPC.
+    pub grpc_response_status: String,
+    pub response_flags: String,
+    pub connection_security_policy: String,
+}
+
+impl HttpLabels {
+    pub fn unknown() -> Self {
+        let u = || "unknown".to_string();
+        Self {
+            reporter: u(),
+            source_workload: u(),
+            source_workload_namespace: u(),
+            source_principal: u(),
+            source_app: u(),
+            source_version: u(),
+            destination_workload: u(),
+            destination_workload_namespace: u(),
+            destination_principal: u(),
+            destination_app: u(),
+            destination_version: u(),
+            destination_service: u(),
+            destination_service_name: u(),
+            destination_service_namespace: u(),
+            request_protocol: "http".into(),
+            response_code: "0".into(),
+            grpc_response_status: String::new(),
+            response_flags: "-".into(),
+            connection_security_policy: u(),
+        }
+    }
+}
+
+/// Istio's request duration buckets (ms).
+const DURATION_BUCKETS: [f64; 19] = [
+    0.5, 1.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0, 30000.0,
+    60000.0, 300000.0, 600000.0, 1800000.0, 3600000.0,
+];
+
+fn duration_histogram() -> Histogram {
+    Histogram::new(DURATION_BUCKETS)
+}
+
+/// Istio's size buckets: 1, 10, … 10^9 bytes.
+fn bytes_histogram() -> Histogram {
+    Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(
+        1.0, 10.0, 10,
+    ))
+}
+
+type HistogramFamily = Family<HttpLabels, Histogram, fn() -> Histogram>;
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct IdentityLabels {
     pub identity: String,
@@ -78,6 +150,10 @@ pub struct Metrics {
     tcp_closed: Family<TcpLabels, Counter>,
     tcp_sent: Family<TcpLabels, Counter>,
     tcp_received: Family<TcpLabels, Counter>,
+    requests: Family<HttpLabels, Counter>,
+    request_duration: HistogramFamily,
+    request_bytes: HistogramFamily,
+    response_bytes: HistogramFamily,
     /// Workload certificates: seconds until expiry, rotations, failures, by identity.
     pub cert_expiry: Family<IdentityLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
     pub cert_rotations: Family<IdentityLabels, Gauge>,
@@ -174,7 +250,31 @@ impl Metrics {
             "Bytes received during the request (client to server)",
             tcp_received.clone(),
         );
+        let requests = Family::<HttpLabels, Counter>::default();
+        let request_duration: HistogramFamily = Family::new_with_constructor(duration_histogram);
+        let request_bytes: HistogramFamily = Family::new_with_constructor(bytes_histogram);
+        let response_bytes: HistogramFamily = Family::new_with_constructor(bytes_histogram);
+        istio.register("istio_requests", "HTTP and gRPC requests", requests.clone());
+        istio.register(
+            "istio_request_duration_milliseconds",
+            "Request duration (ms)",
+            request_duration.clone(),
+        );
+        istio.register(
+            "istio_request_bytes",
+            "Request sizes (headers and body, bytes)",
+            request_bytes.clone(),
+        );
+        istio.register(
+            "istio_response_bytes",
+            "Response sizes (headers and body, bytes)",
+            response_bytes.clone(),
+        );
         Arc::new(Self {
+            requests,
+            request_duration,
+            request_bytes,
+            response_bytes,
             registry: Mutex::new(r),
             istio: Mutex::new(istio),
             tcp_opened,
@@ -226,6 +326,24 @@ impl Metrics {
         self.tcp_closed.get_or_create(l).inc();
         self.tcp_received.get_or_create(l).inc_by(request_bytes);
         self.tcp_sent.get_or_create(l).inc_by(response_bytes);
+    }
+
+    /// One HTTP/gRPC request finished (Istio telemetry).
+    pub fn request(
+        &self,
+        l: &HttpLabels,
+        duration_ms: f64,
+        request_bytes: u64,
+        response_bytes: u64,
+    ) {
+        self.requests.get_or_create(l).inc();
+        self.request_duration.get_or_create(l).observe(duration_ms);
+        self.request_bytes
+            .get_or_create(l)
+            .observe(request_bytes as f64);
+        self.response_bytes
+            .get_or_create(l)
+            .observe(response_bytes as f64);
     }
 
     pub fn encode(&self) -> String {

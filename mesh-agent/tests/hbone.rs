@@ -133,6 +133,7 @@ fn pod(ip: Ipv4Addr, name: &str) -> Arc<PodCtx> {
         workload: name.into(),
         conns: Arc::default(),
         tunnel: None,
+        http: Default::default(),
     })
 }
 

@@ -11,6 +11,7 @@
 //! - [`copy`]: TCP ↔ HTTP/2 stream copy with half-close and reset propagation.
 pub mod client;
 pub mod copy;
+pub mod io;
 pub mod server;
 pub mod tls;
 

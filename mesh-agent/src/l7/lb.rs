@@ -16,8 +16,12 @@ pub enum Algorithm {
     Random,
     /// Send to the original destination address (no balancing).
     Passthrough,
-    RingHash { min_ring_size: u64 },
-    Maglev { table_size: u64 },
+    RingHash {
+        min_ring_size: u64,
+    },
+    Maglev {
+        table_size: u64,
+    },
 }
 
 impl Algorithm {
@@ -32,7 +36,11 @@ impl Algorithm {
 pub enum HashKey {
     Header(String),
     /// `ttl: None` = never generate the cookie; `Some(ZERO)` = a session cookie.
-    Cookie { name: String, path: String, ttl: Option<Duration> },
+    Cookie {
+        name: String,
+        path: String,
+        ttl: Option<Duration>,
+    },
     SourceIp,
     QueryParam(String),
 }
@@ -95,7 +103,12 @@ impl Balancer {
     /// `avoid` unless nothing else is healthy (Envoy's previous_hosts predicate). `hash`: the
     /// request's hash for consistent-hash algorithms (`None` → random). `None` = no healthy
     /// candidate (the caller answers 503 UH). Candidates are in a stable order (the caller sorts).
-    pub fn pick(&self, candidates: &[Candidate], hash: Option<u64>, avoid: &[SocketAddr]) -> Option<usize> {
+    pub fn pick(
+        &self,
+        candidates: &[Candidate],
+        hash: Option<u64>,
+        avoid: &[SocketAddr],
+    ) -> Option<usize> {
         let _ = (candidates, hash, avoid);
         todo!()
     }

@@ -4,7 +4,10 @@
 //! never beyond `max_ejection_percent` of the hosts (but the first host always can be), re-admit
 //! at the sweep `interval`; below `min_health_percent` healthy hosts, ignore ejections (panic).
 //! Pure: the caller passes `now` and wraps a [`Detector`] in a mutex.
-use std::{net::SocketAddr, time::{Duration, Instant}};
+use std::{
+    net::SocketAddr,
+    time::{Duration, Instant},
+};
 
 use mesh_common::proto::config::OutlierDetection;
 
@@ -59,7 +62,13 @@ impl Detector {
     /// local-origin failures are passed mapped as Envoy does without split_external_local_origin_errors
     /// (connect failure / reset → 503, timeout → 504). `hosts`: the cluster's current endpoints
     /// (for max_ejection_percent). Returns the ejection this result caused, if any.
-    pub fn report(&mut self, host: SocketAddr, status: u16, hosts: &[SocketAddr], now: Instant) -> Option<Ejection> {
+    pub fn report(
+        &mut self,
+        host: SocketAddr,
+        status: u16,
+        hosts: &[SocketAddr],
+        now: Instant,
+    ) -> Option<Ejection> {
         let _ = (host, status, hosts, now);
         todo!()
     }

@@ -8,7 +8,10 @@ use std::time::Duration;
 pub enum AttemptOutcome {
     /// A response head arrived. `grpc_status`: the `grpc-status` response header (trailers-only
     /// responses) when present.
-    Response { status: u16, grpc_status: Option<u32> },
+    Response {
+        status: u16,
+        grpc_status: Option<u32>,
+    },
     /// The upstream connection could not be made (refused, unreachable, connect timeout, tunnel
     /// refused).
     ConnectFailure,

@@ -13,6 +13,7 @@
 pub mod baseline;
 pub mod certs;
 pub mod conns;
+pub mod http;
 pub mod inbound;
 pub mod outbound;
 pub mod relay;
@@ -62,6 +63,8 @@ pub struct PodCtx {
     pub conns: Arc<conns::ConnRegistry>,
     /// The mTLS tunnel (controller mode); `None`: plain TCP everywhere (local/lab sources).
     pub tunnel: Option<Arc<TunnelCtx>>,
+    /// L7 state: clusters (balancers, breakers, outlier detection) and upstream connections.
+    pub http: http::PodHttp,
 }
 
 /// A pod's inbound policy (AuthorizationPolicy, PeerAuthentication) from the current mesh state.

@@ -81,6 +81,24 @@ async fn handle(client: TcpStream, peer: SocketAddr, pod: Arc<PodCtx>, orig: Arc
             return;
         }
     };
+    // A service port speaking HTTP (declared, or sniffed when undeclared): the L7 path.
+    if let Some(t) = &pod.tunnel {
+        let svc = t.mesh.load().service(&dst).cloned();
+        if let Some(svc) = svc {
+            use super::http::detect::{Detected, SNIFF_TIMEOUT, sniff};
+            use crate::state::mesh::PortProtocol;
+            let l7 = match svc.protocol {
+                PortProtocol::Http | PortProtocol::Http2 => true,
+                PortProtocol::Tcp => false,
+                PortProtocol::Unknown => sniff(&client, SNIFF_TIMEOUT).await != Detected::Tcp,
+            };
+            if l7 {
+                m.connection(Direction::Outbound, "http");
+                super::http::serve(client, pod.clone(), t.clone(), svc, dst).await;
+                return;
+            }
+        }
+    }
     let upstream = match &pod.tunnel {
         Some(t) => t.mesh.load().resolve(dst),
         None => Upstream::Plain(dst),

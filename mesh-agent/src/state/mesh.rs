@@ -37,8 +37,47 @@ pub struct ServicePort {
     pub hostname: String,
     pub port: u16,
     pub endpoints: Vec<Endpoint>,
+    /// The application protocol of the port (Istio's protocol selection).
+    pub protocol: PortProtocol,
     /// Round-robin position.
     next: AtomicUsize,
+}
+
+/// The protocol of a service port, as Istio selects it: `appProtocol` first, then the port name
+/// (`<protocol>` or `<protocol>-<suffix>`), case-insensitive; anything else is detected from the
+/// first bytes the client sends (sniffing).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PortProtocol {
+    /// HTTP/1.1 (or HTTP/2 with prior knowledge, which the proxy also accepts on such ports).
+    Http,
+    /// `http2`, `grpc`, `grpc-web`, `h2c`: HTTP/2.
+    Http2,
+    /// Opaque TCP (`tcp`, `tls`, `https`, `mongo`, `mysql`, `redis`, …): never parsed.
+    Tcp,
+    /// Not declared: sniff.
+    Unknown,
+}
+
+impl PortProtocol {
+    pub fn select(port_name: &str, app_protocol: &str) -> PortProtocol {
+        fn of(p: &str) -> Option<PortProtocol> {
+            match p.to_ascii_lowercase().as_str() {
+                "http" | "kubernetes.io/ws" | "kubernetes.io/wss" => Some(PortProtocol::Http),
+                "http2" | "grpc" | "grpc-web" | "h2c" | "kubernetes.io/h2c" => {
+                    Some(PortProtocol::Http2)
+                }
+                "tcp" | "tls" | "https" | "mongo" | "mysql" | "redis" | "udp" => {
+                    Some(PortProtocol::Tcp)
+                }
+                _ => None,
+            }
+        }
+        if let Some(p) = of(app_protocol) {
+            return p;
+        }
+        let prefix = port_name.split('-').next().unwrap_or("");
+        of(prefix).unwrap_or(PortProtocol::Unknown)
+    }
 }
 
 /// A meshed pod reachable by IP (from the address books and service endpoints).
@@ -59,7 +98,13 @@ pub struct MeshState {
     /// This node's meshed workloads by UID (their policy lists, namespace and labels).
     pub workloads: HashMap<String, mesh_common::proto::config::Workload>,
     services: HashMap<SocketAddr, Arc<ServicePort>>,
+    /// The same service ports by (hostname, port): route destinations name hosts.
+    by_host: HashMap<(String, u16), Arc<ServicePort>>,
     meshed_pods: HashMap<IpAddr, PodInfo>,
+    /// Compiled route tables by service hostname.
+    routes: HashMap<String, Arc<crate::l7::CompiledTable>>,
+    /// DestinationRule policies by service hostname.
+    destinations: HashMap<String, Arc<mesh_common::proto::config::DestinationPolicy>>,
 }
 
 impl std::fmt::Debug for MeshState {
@@ -150,24 +195,32 @@ impl MeshState {
                             });
                         }
                     }
+                    let mut vips = vec![];
                     for a in &s.addresses {
                         let vip: IpAddr = a
                             .parse()
                             .map_err(|_| format!("{}: bad address {a:?}", r.name))?;
-                        for p in &s.ports {
-                            let sp = port(&r.name, p.port)?;
-                            me.services.insert(
-                                SocketAddr::new(vip, sp),
-                                Arc::new(ServicePort {
-                                    namespace: s.namespace.clone(),
-                                    name: s.name.clone(),
-                                    hostname: s.hostname.clone(),
-                                    port: sp,
-                                    endpoints: eps_by_port.get(&sp).cloned().unwrap_or_default(),
-                                    next: AtomicUsize::new(0),
-                                }),
-                            );
+                        vips.push(vip);
+                    }
+                    for p in &s.ports {
+                        let sp = port(&r.name, p.port)?;
+                        let mut endpoints = eps_by_port.get(&sp).cloned().unwrap_or_default();
+                        // A stable order: balancers and hash rings index endpoints.
+                        endpoints.sort_by_key(|e| (e.ip, e.port));
+                        let sp_arc = Arc::new(ServicePort {
+                            namespace: s.namespace.clone(),
+                            name: s.name.clone(),
+                            hostname: s.hostname.clone(),
+                            port: sp,
+                            endpoints,
+                            protocol: PortProtocol::select(&p.name, &p.app_protocol),
+                            next: AtomicUsize::new(0),
+                        });
+                        for vip in &vips {
+                            me.services
+                                .insert(SocketAddr::new(*vip, sp), sp_arc.clone());
                         }
+                        me.by_host.insert((s.hostname.clone(), sp), sp_arc);
                     }
                 }
                 Some(Kind::AddressBook(book)) => {
@@ -194,6 +247,14 @@ impl MeshState {
                             identity: p.identity.clone(),
                         });
                     }
+                }
+                Some(Kind::RouteTable(t)) => {
+                    let table = crate::l7::CompiledTable::new(t.clone())
+                        .map_err(|e| format!("{}: {e}", r.name))?;
+                    me.routes.insert(t.host.clone(), Arc::new(table));
+                }
+                Some(Kind::DestinationPolicy(d)) => {
+                    me.destinations.insert(d.host.clone(), Arc::new(d.clone()));
                 }
                 Some(Kind::TrustBundle(b)) => {
                     let roots = crate::hbone::tls::roots_from_pem(&b.roots_pem)
@@ -270,6 +331,24 @@ impl MeshState {
 
     pub fn meshed_pod(&self, ip: &IpAddr) -> Option<&PodInfo> {
         self.meshed_pods.get(ip)
+    }
+
+    /// A service port by hostname (route destinations).
+    pub fn service_by_host(&self, host: &str, port: u16) -> Option<&Arc<ServicePort>> {
+        self.by_host.get(&(host.to_string(), port))
+    }
+
+    /// The compiled route table of a service hostname, if any route applies to it.
+    pub fn routes(&self, host: &str) -> Option<&Arc<crate::l7::CompiledTable>> {
+        self.routes.get(host)
+    }
+
+    /// The DestinationRule policy of a service hostname.
+    pub fn destination(
+        &self,
+        host: &str,
+    ) -> Option<&Arc<mesh_common::proto::config::DestinationPolicy>> {
+        self.destinations.get(host)
     }
 
     /// Where a connection to `dst` goes: a service VIP picks an endpoint (round robin); a meshed
