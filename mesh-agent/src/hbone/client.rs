@@ -60,7 +60,14 @@ pub struct Tunnel {
     _slot: Slot,
 }
 
-struct Slot(Arc<AtomicUsize>);
+/// A stream's place in its pooled connection.
+pub struct Slot(Arc<AtomicUsize>);
+
+impl Tunnel {
+    pub fn into_parts(self) -> (SendStream<Bytes>, RecvStream, Slot) {
+        (self.send, self.recv, self._slot)
+    }
+}
 
 impl Drop for Slot {
     fn drop(&mut self) {

@@ -14,23 +14,41 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use super::client::Tunnel;
 
 pub struct TunnelIo {
-    tunnel: Tunnel,
+    send: SendStream<Bytes>,
+    recv: RecvStream,
+    /// The client side's slot in its pooled connection (released on drop).
+    _tunnel: Option<super::client::Slot>,
     /// Received data not yet read.
     pending: Bytes,
     eof: bool,
 }
 
 impl TunnelIo {
+    /// The client side: an opened tunnel.
     pub fn new(tunnel: Tunnel) -> Self {
+        let (send, recv, slot) = tunnel.into_parts();
         Self {
-            tunnel,
+            send,
+            recv,
+            _tunnel: Some(slot),
+            pending: Bytes::new(),
+            eof: false,
+        }
+    }
+
+    /// The server side: an accepted CONNECT stream.
+    pub fn from_streams(send: SendStream<Bytes>, recv: RecvStream) -> Self {
+        Self {
+            send,
+            recv,
+            _tunnel: None,
             pending: Bytes::new(),
             eof: false,
         }
     }
 
     fn parts(&mut self) -> (&mut SendStream<Bytes>, &mut RecvStream) {
-        (&mut self.tunnel.send, &mut self.tunnel.recv)
+        (&mut self.send, &mut self.recv)
     }
 }
 
@@ -55,7 +73,7 @@ impl AsyncRead for TunnelIo {
                 let n = me.pending.len().min(buf.remaining());
                 buf.put_slice(&me.pending[..n]);
                 me.pending.advance(n);
-                let _ = me.tunnel.recv.flow_control().release_capacity(n);
+                let _ = me.recv.flow_control().release_capacity(n);
                 return Poll::Ready(Ok(()));
             }
             if me.eof {

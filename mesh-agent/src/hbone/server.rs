@@ -240,6 +240,41 @@ impl Server {
             }
         };
         m.connection(Direction::Inbound, "ok");
+        // An HTTP port of this pod: serve the stream as HTTP (destination-side telemetry).
+        if let Some(t) = &self.pod.tunnel {
+            let mesh = t.mesh.load();
+            let svc = mesh.service_of_endpoint(&dst);
+            if svc.is_some_and(|s| {
+                matches!(
+                    s.protocol,
+                    crate::state::mesh::PortProtocol::Http
+                        | crate::state::mesh::PortProtocol::Http2
+                )
+            }) {
+                let labels = crate::proxy::http::inbound::destination_labels(
+                    &self.pod,
+                    &mesh,
+                    peer.ip(),
+                    &src_identity,
+                    svc.map(|s| s.as_ref()),
+                );
+                drop(mesh);
+                let guard = self.pod.conns.register(self.pod.conn_info(
+                    "inbound",
+                    "hbone-http",
+                    peer,
+                    dst,
+                    Some(src_identity.clone()),
+                    Some(self.identity.clone()),
+                ));
+                let io = super::io::TunnelIo::from_streams(send, req.into_body());
+                tokio::select! {
+                    _ = crate::proxy::http::inbound::serve(io, upstream, self.pod.clone(), labels, dst.port()) => {}
+                    _ = guard.cancel.cancelled() => {}
+                }
+                return;
+            }
+        }
         let labels = self.pod.destination_labels(peer.ip(), Some(&src_identity));
         m.tcp_opened(&labels);
         let guard = self.pod.conns.register(self.pod.conn_info(

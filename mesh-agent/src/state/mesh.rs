@@ -100,6 +100,9 @@ pub struct MeshState {
     services: HashMap<SocketAddr, Arc<ServicePort>>,
     /// The same service ports by (hostname, port): route destinations name hosts.
     by_host: HashMap<(String, u16), Arc<ServicePort>>,
+    /// Service ports by one of their endpoints (`<podIP>:<targetPort>`; the first wins): the
+    /// server side learns the protocol and service of a port of its pod.
+    by_endpoint: HashMap<SocketAddr, Arc<ServicePort>>,
     meshed_pods: HashMap<IpAddr, PodInfo>,
     /// Compiled route tables by service hostname.
     routes: HashMap<String, Arc<crate::l7::CompiledTable>>,
@@ -216,6 +219,11 @@ impl MeshState {
                             protocol: PortProtocol::select(&p.name, &p.app_protocol),
                             next: AtomicUsize::new(0),
                         });
+                        for e in &sp_arc.endpoints {
+                            me.by_endpoint
+                                .entry(SocketAddr::new(e.ip, e.port))
+                                .or_insert_with(|| sp_arc.clone());
+                        }
                         for vip in &vips {
                             me.services
                                 .insert(SocketAddr::new(*vip, sp), sp_arc.clone());
@@ -331,6 +339,11 @@ impl MeshState {
 
     pub fn meshed_pod(&self, ip: &IpAddr) -> Option<&PodInfo> {
         self.meshed_pods.get(ip)
+    }
+
+    /// A service port one of whose endpoints is `ep` (`<podIP>:<targetPort>`).
+    pub fn service_of_endpoint(&self, ep: &SocketAddr) -> Option<&Arc<ServicePort>> {
+        self.by_endpoint.get(ep)
     }
 
     /// A service port by hostname (route destinations).

@@ -21,6 +21,7 @@
 pub mod body;
 pub mod cluster;
 pub mod detect;
+pub mod inbound;
 pub mod upstream;
 
 use std::{
