@@ -100,7 +100,20 @@ async fn handle(client: TcpStream, peer: SocketAddr, pod: Arc<PodCtx>, orig: Arc
         }
     }
     let upstream = match &pod.tunnel {
-        Some(t) => t.mesh.load().resolve(dst),
+        Some(t) => {
+            let mesh = t.mesh.load();
+            let (ns, labels) = match mesh.workloads.get(&pod.uid) {
+                Some(w) => (
+                    w.namespace.clone(),
+                    w.labels
+                        .iter()
+                        .map(|(k, v)| (k.clone(), v.clone()))
+                        .collect(),
+                ),
+                None => (pod.namespace.clone(), Default::default()),
+            };
+            mesh.resolve_from(dst, &ns, &labels)
+        }
         None => Upstream::Plain(dst),
     };
     let to = match upstream {

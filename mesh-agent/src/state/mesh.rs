@@ -367,12 +367,57 @@ impl MeshState {
     /// Where a connection to `dst` goes: a service VIP picks an endpoint (round robin); a meshed
     /// endpoint is reached over HBONE, anything else directly.
     pub fn resolve(&self, dst: SocketAddr) -> Upstream {
-        if let Some(svc) = self.services.get(&dst) {
-            if svc.endpoints.is_empty() {
+        self.resolve_from(dst, "", &BTreeMap::new())
+    }
+
+    /// [`Self::resolve`] for a client in namespace `src_ns` with pod labels `src_labels`: a
+    /// service whose route table has `tcp[]` routes sends the connection to the first matching
+    /// route's weighted destination (and its DestinationRule subset).
+    pub fn resolve_from(
+        &self,
+        dst: SocketAddr,
+        src_ns: &str,
+        src_labels: &BTreeMap<String, String>,
+    ) -> Upstream {
+        if let Some(vip_svc) = self.services.get(&dst) {
+            let mut svc = vip_svc;
+            let mut subset_eps: Option<Vec<&Endpoint>> = None;
+            if let Some(table) = self.routes.get(&vip_svc.hostname)
+                && let Some((_, route)) = table.select_tcp(&crate::l7::TcpInfo {
+                    dst_ip: dst.ip(),
+                    dst_port: dst.port(),
+                    src_namespace: src_ns,
+                    src_labels,
+                })
+                && let Some(d) = crate::l7::pick_random(&route.destinations)
+            {
+                let port = if d.port == 0 {
+                    dst.port()
+                } else {
+                    d.port as u16
+                };
+                let Some(target) = self.by_host.get(&(d.host.clone(), port)) else {
+                    return Upstream::NoEndpoints(d.host.clone());
+                };
+                svc = target;
+                match crate::l7::subset_endpoints(
+                    &d.host,
+                    self.destinations.get(&d.host).map(|p| p.as_ref()),
+                    &d.subset,
+                    &target.endpoints,
+                ) {
+                    Ok(eps) => subset_eps = Some(eps),
+                    Err(_) => {
+                        return Upstream::NoEndpoints(format!("{} subset {}", d.host, d.subset));
+                    }
+                }
+            }
+            let eps: Vec<&Endpoint> = subset_eps.unwrap_or_else(|| svc.endpoints.iter().collect());
+            if eps.is_empty() {
                 return Upstream::NoEndpoints(format!("{}/{}", svc.namespace, svc.name));
             }
-            let i = svc.next.fetch_add(1, Ordering::Relaxed) % svc.endpoints.len();
-            let ep = &svc.endpoints[i];
+            let i = svc.next.fetch_add(1, Ordering::Relaxed) % eps.len();
+            let ep = eps[i];
             let to = SocketAddr::new(ep.ip, ep.port);
             return if ep.mesh {
                 Upstream::Hbone {
@@ -520,6 +565,81 @@ mod tests {
         // Anything else: plain.
         let out: SocketAddr = "192.0.2.1:443".parse().unwrap();
         assert_eq!(m.resolve(out), Upstream::Plain(out));
+    }
+
+    #[test]
+    fn tcp_routes_pick_weighted_subsets_and_http_ports_are_detected() {
+        let mut v1 = ep("a", "10.244.1.2", true);
+        v1.labels = [("version".to_string(), "v1".to_string())].into();
+        let mut v2 = ep("b", "10.244.2.2", true);
+        v2.labels = [("version".to_string(), "v2".to_string())].into();
+        let host = "meshed.demo.svc.cluster.local";
+        let routes = Resource {
+            name: "routes/demo/meshed".into(),
+            kind: Some(Kind::RouteTable(pc::RouteTable {
+                host: host.into(),
+                tcp: vec![pc::TcpRoute {
+                    destinations: vec![pc::WeightedDestination {
+                        host: host.into(),
+                        subset: "v2".into(),
+                        weight: 100,
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                }],
+                ..Default::default()
+            })),
+        };
+        let dr = Resource {
+            name: "destination/demo/meshed".into(),
+            kind: Some(Kind::DestinationPolicy(pc::DestinationPolicy {
+                host: host.into(),
+                subsets: vec![pc::Subset {
+                    name: "v2".into(),
+                    labels: [("version".to_string(), "v2".to_string())].into(),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            })),
+        };
+        let res = [svc("meshed", "10.96.0.1", vec![v1, v2]), routes, dr];
+        let m = MeshState::from_resources(res.iter()).unwrap();
+        let a: SocketAddr = "10.96.0.1:80".parse().unwrap();
+        for _ in 0..4 {
+            assert!(matches!(
+                m.resolve(a),
+                Upstream::Hbone { via, .. } if via.ip().to_string() == "10.244.2.2"
+            ));
+        }
+        // The port is named "http": the L7 path; the endpoint index finds the service.
+        assert_eq!(m.service(&a).unwrap().protocol, PortProtocol::Http);
+        assert_eq!(
+            m.service_of_endpoint(&"10.244.1.2:8080".parse().unwrap())
+                .map(|s| s.name.as_str()),
+            Some("meshed")
+        );
+        assert!(m.routes(host).is_some() && m.destination(host).is_some());
+    }
+
+    #[test]
+    fn port_protocol_selection() {
+        let cases = [
+            ("http", "", PortProtocol::Http),
+            ("http-web", "", PortProtocol::Http),
+            ("HTTP2", "", PortProtocol::Http2),
+            ("grpc-api", "", PortProtocol::Http2),
+            ("tcp-db", "", PortProtocol::Tcp),
+            ("https", "", PortProtocol::Tcp),
+            ("web", "", PortProtocol::Unknown),
+            ("", "", PortProtocol::Unknown),
+            ("web", "http", PortProtocol::Http),
+            ("http", "tcp", PortProtocol::Tcp),
+            ("x", "kubernetes.io/h2c", PortProtocol::Http2),
+            ("httpx", "", PortProtocol::Unknown),
+        ];
+        for (name, app, want) in cases {
+            assert_eq!(PortProtocol::select(name, app), want, "{name} {app}");
+        }
     }
 
     #[test]
