@@ -31,6 +31,9 @@ pub enum BenchCommand {
     /// HBONE mTLS cost: 1 KB round-trip latency at a fixed rate and throughput with 1 and 8
     /// streams, for direct / plain-TCP capture / HBONE.
     Tunnel(crate::bench_tunnel::TunnelArgs),
+    /// L7 proxy cost: HTTP/1.1 and HTTP/2 1 KB requests, direct vs Weft same-node vs Weft
+    /// cross-node, at fixed rates and at saturation: added latency, max rps, agent CPU, RSS.
+    L7(crate::bench_l7::L7Args),
 }
 
 #[derive(clap::Args)]
@@ -139,6 +142,7 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
     match cmd {
         BenchCommand::Capture(a) => capture(a),
         BenchCommand::Tunnel(a) => crate::bench_tunnel::run(a),
+        BenchCommand::L7(a) => crate::bench_l7::run(a),
         BenchCommand::ControlPlane(a) => {
             util::run(util::cargo().args([
                 "build",
@@ -173,6 +177,15 @@ pub(crate) fn with_lab(
     manifest: &str,
     body: impl FnOnce(&Lab) -> anyhow::Result<()>,
 ) -> anyhow::Result<()> {
+    with_lab_nodes(manifest, 1, body)
+}
+
+/// [`with_lab`] with `nodes` nodes.
+pub(crate) fn with_lab_nodes(
+    manifest: &str,
+    nodes: u8,
+    body: impl FnOnce(&Lab) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
     util::require_root("the benchmark")?;
     setup::run(setup::Mode::Ensure)?;
     let lab = Lab::new()?;
@@ -180,7 +193,7 @@ pub(crate) fn with_lab(
         println!("a lab is running: the benchmark takes it down and uses its own");
         lab::down(&lab)?;
     }
-    lab::up_with(&lab, 1, true, lab::Profile::Release)?;
+    lab::up_with(&lab, nodes, true, lab::Profile::Release)?;
     let result = (|| -> anyhow::Result<()> {
         let dir = std::env::temp_dir().join(format!("weft-bench-{}", std::process::id()));
         std::fs::create_dir_all(&dir)?;

@@ -1,5 +1,6 @@
 //! `cargo xtask …`: what cargo cannot do — toolchain setup, the local lab, the demo and the test run.
 mod bench;
+mod bench_l7;
 mod bench_tunnel;
 mod codegen;
 mod demo;

@@ -4,7 +4,7 @@
 //! directories (kubelet layout, `weft-lab/<node>/kubepods/pod<UID>`) + processes; Services get
 //! ClusterIPs that nftables DNAT in every node (kube-proxy's job); names resolve through per-pod
 //! `/etc/hosts`. State lives in one directory (`$WEFT_LAB_DIR`, default `/run/weft-lab`).
-mod agents;
+pub(crate) mod agents;
 mod cluster;
 pub mod manifest;
 mod net;
