@@ -310,9 +310,10 @@ impl MeshState {
                     "address": vip.to_string(),
                     "service": format!("{}/{}", s.namespace, s.name),
                     "hostname": s.hostname,
+                    "protocol": format!("{:?}", s.protocol),
                     "endpoints": s.endpoints.iter().map(|e| serde_json::json!({
                         "pod": e.name, "address": SocketAddr::new(e.ip, e.port).to_string(),
-                        "hbone": e.mesh, "identity": e.identity,
+                        "hbone": e.mesh, "identity": e.identity, "labels": e.labels,
                     })).collect::<Vec<_>>(),
                 })
             })
@@ -326,6 +327,8 @@ impl MeshState {
         pods.sort_by_key(|v| v["ip"].as_str().unwrap_or("").to_string());
         serde_json::json!({
             "policies": self.policies.len(),
+            "route_tables": sorted(self.routes.keys()),
+            "destination_policies": sorted(self.destinations.keys()),
             "trust_domain": self.trust_domain,
             "trust_bundle": self.roots.as_ref().map(|r| r.len()).unwrap_or(0),
             "services": services,
@@ -440,6 +443,12 @@ impl MeshState {
             None => Upstream::Plain(dst),
         }
     }
+}
+
+fn sorted<'a>(keys: impl Iterator<Item = &'a String>) -> Vec<&'a String> {
+    let mut v: Vec<_> = keys.collect();
+    v.sort();
+    v
 }
 
 fn port(resource: &str, p: u32) -> Result<u16, String> {
