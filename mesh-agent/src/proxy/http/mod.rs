@@ -110,6 +110,11 @@ pub async fn serve(
 struct Outcome {
     labels: HttpLabels,
     flags: Vec<&'static str>,
+    /// A generated consistent-hash cookie to hand to the client.
+    set_cookie: Option<String>,
+    /// Held until the response body ends: the breaker permit and the endpoint's in-flight count
+    /// (an HTTP/1.1 connection is busy until then).
+    hold: Vec<Box<dyn std::any::Any + Send>>,
 }
 
 impl Outcome {
@@ -148,6 +153,8 @@ async fn handle(conn: Arc<Conn>, req: Request<Incoming>) -> Response<Body> {
     let mut out = Outcome {
         labels: source_labels(&conn, &src_labels, grpc),
         flags: vec![],
+        set_cookie: None,
+        hold: vec![],
     };
     let info = RequestInfo::from_parts(&parts, conn.dst.port(), &src_ns, &src_labels);
     let table = mesh.routes(&conn.svc.hostname).cloned();
@@ -359,10 +366,31 @@ async fn handle(conn: Arc<Conn>, req: Request<Incoming>) -> Response<Body> {
         .iter()
         .map(|e| SocketAddr::new(e.ip, e.port))
         .collect();
-    let hash = cluster
+    let mut hash = cluster
         .hash_key
         .as_ref()
         .and_then(|k| k.hash(&info, std::net::IpAddr::V4(conn.pod.ip)));
+    // A hash cookie with a TTL that the client does not send yet: generate it (Envoy does) and
+    // hand it back with the response, so the client's next requests stick.
+    if hash.is_none()
+        && let Some(crate::l7::lb::HashKey::Cookie {
+            name,
+            path,
+            ttl: Some(ttl),
+        }) = &cluster.hash_key
+    {
+        let value = crate::l7::lb::new_cookie_value();
+        hash = Some(crate::l7::lb::hash_str(&value));
+        let mut c = format!("{name}=\"{value}\"");
+        if !ttl.is_zero() {
+            c.push_str(&format!("; Max-Age={}", ttl.as_secs()));
+        }
+        if !path.is_empty() {
+            c.push_str(&format!("; Path={path}"));
+        }
+        c.push_str("; HttpOnly");
+        out.set_cookie = Some(c);
+    }
     let mut tried: Vec<SocketAddr> = vec![];
     let mut attempt: u32 = 0;
     let mut _retry_permit = None;
@@ -412,7 +440,7 @@ async fn handle(conn: Arc<Conn>, req: Request<Incoming>) -> Response<Body> {
                 header_value(&attempt.to_string()),
             );
         }
-        let _inflight = cluster.start(addr);
+        let inflight = cluster.start(addr);
         let send = conn
             .pod
             .http
@@ -465,6 +493,8 @@ async fn handle(conn: Arc<Conn>, req: Request<Incoming>) -> Response<Body> {
                 None => {
                     out.flags.push("URX");
                     if let Some(r) = resp {
+                        out.hold.push(Box::new(inflight));
+                        out.hold.push(Box::new(permit));
                         break proxied(
                             &conn,
                             out,
@@ -502,18 +532,22 @@ async fn handle(conn: Arc<Conn>, req: Request<Incoming>) -> Response<Body> {
             out.flags.push("URX");
         }
         break match resp {
-            Some(r) => proxied(
-                &conn,
-                out,
-                start,
-                upstream_start,
-                r,
-                route,
-                dest,
-                grpc,
-                buffered + request_bytes_head,
-                on_upgrade,
-            ),
+            Some(r) => {
+                out.hold.push(Box::new(inflight));
+                out.hold.push(Box::new(permit));
+                proxied(
+                    &conn,
+                    out,
+                    start,
+                    upstream_start,
+                    r,
+                    route,
+                    dest,
+                    grpc,
+                    buffered + request_bytes_head,
+                    on_upgrade,
+                )
+            }
             None if overall_expired || matches!(outcome, AttemptOutcome::PerTryTimeout) => {
                 out.flags.push("UT");
                 local(
@@ -598,11 +632,18 @@ fn proxied(
         HeaderName::from_static("x-envoy-upstream-service-time"),
         header_value(&elapsed.to_string()),
     );
+    if let Some(c) = out.set_cookie.take()
+        && let Ok(v) = HeaderValue::from_str(&c)
+    {
+        parts.headers.append(http::header::SET_COOKIE, v);
+    }
     let head_grpc = body::grpc_status(&parts.headers);
     out.labels.response_code = status.as_u16().to_string();
     let metrics = conn.pod.metrics.clone();
     let head = head_size(&parts.headers);
+    let hold = std::mem::take(&mut out.hold);
     let body = body::Observed::new(body, move |seen| {
+        drop(hold);
         let mut l = out.labels;
         l.response_flags = if out.flags.is_empty() {
             "-".into()
