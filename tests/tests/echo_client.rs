@@ -54,6 +54,7 @@ impl Echo {
             .args(["--tcp-port", &tcp.to_string()])
             .env_remove("FAILURE_RATE")
             .env_remove("FAILURE_STATUS")
+            .env_remove("DELAY_MS")
             .env_remove("VERSION")
             .env_remove("POD_NAME")
             .env_remove("POD_NAMESPACE")
@@ -135,6 +136,7 @@ fn client(args: &[&str]) -> Value {
         "pods",
         "upstream_versions",
         "upstream_pods",
+        "headers",
         "latency_ms",
         "errors",
         "duration_ms",
@@ -273,6 +275,36 @@ async fn failure_rate_one_fails_everything() {
     let echo = Echo::start(&[("FAILURE_RATE", "1"), ("FAILURE_STATUS", "500")]);
     let s = client(&["-n", "5", &echo.url("/")]);
     assert_eq!(count(&s, "status", "500"), 5, "{s}");
+}
+
+#[tokio::test]
+async fn count_header_and_delay_ms() {
+    // DELAY_MS slows every request of this server (HTTP and gRPC), on top of ?delay=.
+    let echo = Echo::start(&[("VERSION", "v9"), ("DELAY_MS", "150")]);
+    let s = client(&[
+        "-n",
+        "4",
+        "--count-header",
+        "X-Echo-Version",
+        "--count-header",
+        "x-absent",
+        &echo.url("/?delay=50"),
+    ]);
+    assert_eq!(count(&s, "status", "200"), 4, "{s}");
+    assert_eq!(s["headers"]["x-echo-version"]["v9"], 4, "{s}");
+    assert_eq!(
+        s["headers"]["x-absent"],
+        serde_json::json!({}),
+        "absent: listed, nothing counted: {s}"
+    );
+    assert!(s["latency_ms"]["min"].as_f64().unwrap() >= 200.0, "{s}");
+    let grpc = format!("http://127.0.0.1:{}", echo.grpc);
+    let s = client(&["--grpc", "-n", "2", &grpc]);
+    assert_eq!(count(&s, "status", "OK"), 2, "{s}");
+    assert!(s["latency_ms"]["min"].as_f64().unwrap() >= 150.0, "{s}");
+    // Without --count-header the summary's headers are empty.
+    let s = client(&["-n", "1", &echo.url("/")]);
+    assert_eq!(s["headers"], serde_json::json!({}), "{s}");
 }
 
 #[tokio::test]

@@ -27,7 +27,9 @@ use mesh_tests::echo::{Identity, Listeners, Upstream, run, upstream};
 /// Environment: POD_NAME (else HOSTNAME, else the system hostname), POD_NAMESPACE (default
 /// "default"), VERSION (default "v1"), NODE_NAME, POD_IP (optional), FAILURE_RATE (0..1,
 /// default 0: that fraction of HTTP requests get FAILURE_STATUS, default 503, and of gRPC echo
-/// calls get UNAVAILABLE), RUST_LOG (log filter, default info; logs go to stderr).
+/// calls get UNAVAILABLE), DELAY_MS (default 0: every HTTP and gRPC echo request is answered
+/// that many milliseconds late, before any ?delay=; a per-pod slowness), RUST_LOG (log filter,
+/// default info; logs go to stderr).
 ///
 /// Upstream (--upstream URL, or env UPSTREAM; two-tier apps): every HTTP echo request on
 /// --http-port (not /healthz, not /ws upgrades, not gRPC) makes ONE HTTP/1.1 request (pooled

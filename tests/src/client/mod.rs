@@ -26,7 +26,10 @@ pub use target::Target;
 /// status (HTTP code as string, gRPC code name like "OK"/"UNAVAILABLE", or "ok" for tcp ->
 /// count), versions and pods (the echo reply's "version"/"pod" -> count), upstream_versions and
 /// upstream_pods (the reply's "upstream.body.version"/"upstream.body.pod" -> count, from a
-/// mesh-echo running with --upstream; empty objects otherwise), latency_ms {p50, p90, p99, max}
+/// mesh-echo running with --upstream; empty objects otherwise), headers (for each
+/// --count-header NAME, lower-cased: the response header's value -> number of responses carrying
+/// it, several values of one header joined with ", "; responses without it are not counted; gRPC:
+/// the response metadata or the error status' metadata), latency_ms {min, p50, p90, p99, max}
 /// over completed requests, errors (kind -> count; kinds: connect, timeout, reset, protocol,
 /// other), duration_ms, rps.
 ///
@@ -77,6 +80,9 @@ pub struct Args {
     #[arg(long, value_name = "DURATION", default_value = "5s",
           value_parser = humantime::parse_duration)]
     pub timeout: Duration,
+    /// Count the values of this response header (repeatable): the summary's "headers".
+    #[arg(long = "count-header", value_name = "NAME")]
+    pub count_headers: Vec<String>,
     /// Print exactly one JSON object instead of the table.
     #[arg(long)]
     pub json: bool,
@@ -91,6 +97,8 @@ pub enum UsageError {
     Url(String, String),
     #[error("invalid header {0:?}: expected 'name: value'")]
     Header(String),
+    #[error("invalid header name {0:?}")]
+    HeaderName(String),
     #[error("invalid method {0:?}")]
     Method(String),
     #[error("--qps must be a positive number, got {0}")]
@@ -152,5 +160,13 @@ pub async fn run(args: &Args) -> Result<Summary, UsageError> {
             Err(e) => tracing::error!(error = %e, "worker panicked"),
         }
     }
-    Ok(stats.summary(start.elapsed()))
+    let mut summary = stats.summary(start.elapsed());
+    // Every requested name is reported, even when no response carried it.
+    for name in &args.count_headers {
+        summary
+            .headers
+            .entry(name.trim().to_ascii_lowercase())
+            .or_default();
+    }
+    Ok(summary)
 }

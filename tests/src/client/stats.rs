@@ -38,6 +38,9 @@ pub enum Outcome {
         /// `--upstream` reports the backend that answered it).
         upstream_version: Option<String>,
         upstream_pod: Option<String>,
+        /// The `--count-header` headers the response carried: (lower-case name, value; several
+        /// values of one header joined with ", ").
+        headers: Vec<(String, String)>,
     },
     /// No response.
     Failed(ErrorKind),
@@ -52,6 +55,8 @@ pub struct Stats {
     pub pods: BTreeMap<String, u64>,
     pub upstream_versions: BTreeMap<String, u64>,
     pub upstream_pods: BTreeMap<String, u64>,
+    /// `--count-header` name -> value -> count.
+    pub headers: BTreeMap<String, BTreeMap<String, u64>>,
     pub errors: BTreeMap<String, u64>,
     /// Latencies of completed requests, in milliseconds.
     pub latencies_ms: Vec<f64>,
@@ -68,8 +73,17 @@ impl Stats {
                 pod,
                 upstream_version,
                 upstream_pod,
+                headers,
             } => {
                 *self.status.entry(status).or_default() += 1;
+                for (name, value) in headers {
+                    *self
+                        .headers
+                        .entry(name)
+                        .or_default()
+                        .entry(value)
+                        .or_default() += 1;
+                }
                 for (map, key) in [
                     (&mut self.versions, version),
                     (&mut self.pods, pod),
@@ -102,6 +116,12 @@ impl Stats {
                 *dst.entry(k).or_default() += v;
             }
         }
+        for (name, values) in other.headers {
+            let dst = self.headers.entry(name).or_default();
+            for (k, v) in values {
+                *dst.entry(k).or_default() += v;
+            }
+        }
         self.latencies_ms.extend(other.latencies_ms);
     }
 
@@ -117,7 +137,9 @@ impl Stats {
             pods: self.pods,
             upstream_versions: self.upstream_versions,
             upstream_pods: self.upstream_pods,
+            headers: self.headers,
             latency_ms: Latency {
+                min: l.first().copied().unwrap_or(0.0),
                 p50: percentile(l, 50.0),
                 p90: percentile(l, 90.0),
                 p99: percentile(l, 99.0),
@@ -145,6 +167,7 @@ pub fn percentile(sorted: &[f64], p: f64) -> f64 {
 
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Latency {
+    pub min: f64,
     pub p50: f64,
     pub p90: f64,
     pub p99: f64,
@@ -162,6 +185,9 @@ pub struct Summary {
     pub upstream_versions: BTreeMap<String, u64>,
     /// `upstream.body.pod` -> count (empty without an upstream).
     pub upstream_pods: BTreeMap<String, u64>,
+    /// `--count-header` name -> value -> number of responses carrying it (every requested name
+    /// is present; responses without the header are not counted).
+    pub headers: BTreeMap<String, BTreeMap<String, u64>>,
     pub latency_ms: Latency,
     pub errors: BTreeMap<String, u64>,
     pub duration_ms: f64,
@@ -181,8 +207,8 @@ impl Summary {
         let l = &self.latency_ms;
         let _ = writeln!(
             s,
-            "latency   p50 {:.3} ms   p90 {:.3} ms   p99 {:.3} ms   max {:.3} ms",
-            l.p50, l.p90, l.p99, l.max
+            "latency   min {:.3} ms   p50 {:.3} ms   p90 {:.3} ms   p99 {:.3} ms   max {:.3} ms",
+            l.min, l.p50, l.p90, l.p99, l.max
         );
         for (title, map) in [
             ("status", &self.status),
@@ -197,6 +223,13 @@ impl Summary {
             }
             let _ = writeln!(s, "{title}:");
             for (k, v) in map {
+                let pct = 100.0 * *v as f64 / self.total.max(1) as f64;
+                let _ = writeln!(s, "  {k:<30} {v:>10}  {pct:>6.2}%");
+            }
+        }
+        for (name, values) in &self.headers {
+            let _ = writeln!(s, "header {name}:");
+            for (k, v) in values {
                 let pct = 100.0 * *v as f64 / self.total.max(1) as f64;
                 let _ = writeln!(s, "  {k:<30} {v:>10}  {pct:>6.2}%");
             }
@@ -229,6 +262,7 @@ mod tests {
             pod: Some("p".into()),
             upstream_version: Some("v2".into()),
             upstream_pod: Some("b".into()),
+            headers: vec![("x-envoy-overloaded".into(), "true".into())],
         });
         a.record(Outcome::Failed(ErrorKind::Connect));
         let mut b = Stats::default();
@@ -239,18 +273,35 @@ mod tests {
             pod: None,
             upstream_version: None,
             upstream_pod: None,
+            headers: vec![
+                ("x-envoy-overloaded".into(), "true".into()),
+                ("x-echo-version".into(), "v1".into()),
+            ],
+        });
+        b.record(Outcome::Done {
+            status: "200".into(),
+            latency: Duration::from_millis(3),
+            version: None,
+            pod: None,
+            upstream_version: None,
+            upstream_pod: None,
+            headers: vec![],
         });
         a.merge(b);
         let s = a.summary(Duration::from_secs(1));
-        assert_eq!(s.total, 3);
-        assert_eq!(s.status["200"], 1);
+        assert_eq!(s.total, 4);
+        assert_eq!(s.status["200"], 2);
         assert_eq!(s.status["503"], 1);
         assert_eq!(s.versions["v1"], 1);
         assert_eq!(s.upstream_versions["v2"], 1);
         assert_eq!(s.upstream_pods["b"], 1);
         assert_eq!(s.errors["connect"], 1);
+        assert_eq!(s.headers["x-envoy-overloaded"]["true"], 2);
+        assert_eq!(s.headers["x-echo-version"]["v1"], 1);
+        assert_eq!(s.headers.len(), 2, "absent headers are not counted");
+        assert_eq!(s.latency_ms.min, 2.0);
         assert_eq!(s.latency_ms.max, 4.0);
-        assert_eq!(s.rps, 3.0);
+        assert_eq!(s.rps, 4.0);
         let j = serde_json::to_value(&s).unwrap();
         let mut keys: Vec<_> = j.as_object().unwrap().keys().cloned().collect();
         keys.sort();
@@ -259,6 +310,7 @@ mod tests {
             [
                 "duration_ms",
                 "errors",
+                "headers",
                 "latency_ms",
                 "pods",
                 "rps",

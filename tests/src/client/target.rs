@@ -27,11 +27,13 @@ pub enum Target {
         method: Method,
         headers: HeaderMap,
         body: Bytes,
+        count: Vec<HeaderName>,
     },
     Grpc {
         client: EchoClient<Channel>,
         headers: HeaderMap,
         message: String,
+        count: Vec<HeaderName>,
     },
     Tcp {
         host: String,
@@ -55,6 +57,30 @@ fn parse_headers(raw: &[String]) -> Result<HeaderMap, UsageError> {
     Ok(map)
 }
 
+fn parse_header_names(raw: &[String]) -> Result<Vec<HeaderName>, UsageError> {
+    raw.iter()
+        .map(|n| {
+            HeaderName::from_bytes(n.trim().as_bytes())
+                .map_err(|_| UsageError::HeaderName(n.clone()))
+        })
+        .collect()
+}
+
+/// The values of the `count` headers in `map`: (name, values joined with ", ").
+fn counted(map: &HeaderMap, count: &[HeaderName]) -> Vec<(String, String)> {
+    count
+        .iter()
+        .filter_map(|name| {
+            let values: Vec<String> = map
+                .get_all(name)
+                .iter()
+                .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+                .collect();
+            (!values.is_empty()).then(|| (name.as_str().to_owned(), values.join(", ")))
+        })
+        .collect()
+}
+
 fn parse_url(url: &str, scheme: &str) -> Result<Uri, UsageError> {
     let bad = |why: &str| UsageError::Url(url.to_owned(), why.to_owned());
     let uri: Uri = url
@@ -73,6 +99,7 @@ fn parse_url(url: &str, scheme: &str) -> Result<Uri, UsageError> {
 impl Target {
     pub fn from_args(args: &Args) -> Result<Self, UsageError> {
         let headers = parse_headers(&args.headers)?;
+        let count = parse_header_names(&args.count_headers)?;
         if args.tcp {
             let uri = parse_url(&args.url, "tcp")?;
             let port = uri
@@ -100,6 +127,7 @@ impl Target {
                 client: EchoClient::new(endpoint.connect_lazy()),
                 headers,
                 message: args.data.clone().unwrap_or_else(|| DEFAULT_MESSAGE.into()),
+                count,
             });
         }
         let method = Method::from_bytes(args.method.as_bytes())
@@ -117,6 +145,7 @@ impl Target {
             method,
             headers,
             body: Bytes::from(args.data.clone().unwrap_or_default()),
+            count,
         })
     }
 
@@ -130,6 +159,7 @@ impl Target {
                 method,
                 headers,
                 body,
+                count,
             } => {
                 let mut req = Request::new(Full::new(body.clone()));
                 *req.method_mut() = method.clone();
@@ -140,6 +170,7 @@ impl Target {
                     Err(e) => return Outcome::Failed(classify(&e)),
                 };
                 let status = resp.status().as_u16().to_string();
+                let counted = counted(resp.headers(), count);
                 let body = match resp.into_body().collect().await {
                     Ok(b) => b.to_bytes(),
                     Err(e) => return Outcome::Failed(classify(&e)),
@@ -153,12 +184,14 @@ impl Target {
                     pod: f.pod,
                     upstream_version: f.upstream_version,
                     upstream_pod: f.upstream_pod,
+                    headers: counted,
                 }
             }
             Target::Grpc {
                 client,
                 headers,
                 message,
+                count,
             } => {
                 let mut req = tonic::Request::new(EchoRequest {
                     message: message.clone(),
@@ -169,6 +202,7 @@ impl Target {
                 }
                 match client.clone().echo(req).await {
                     Ok(resp) => {
+                        let counted = counted(&resp.metadata().clone().into_headers(), count);
                         let r = resp.into_inner();
                         Outcome::Done {
                             status: grpc_code_name(tonic::Code::Ok).to_owned(),
@@ -177,6 +211,7 @@ impl Target {
                             pod: Some(r.pod),
                             upstream_version: None,
                             upstream_pod: None,
+                            headers: counted,
                         }
                     }
                     Err(status) => match std::error::Error::source(&status) {
@@ -189,6 +224,7 @@ impl Target {
                             pod: None,
                             upstream_version: None,
                             upstream_pod: None,
+                            headers: counted(&status.metadata().clone().into_headers(), count),
                         },
                     },
                 }
@@ -205,6 +241,7 @@ impl Target {
                     pod: None,
                     upstream_version: None,
                     upstream_pod: None,
+                    headers: vec![],
                 },
                 Ok(false) => Outcome::Failed(ErrorKind::Protocol),
                 Err((connecting, e)) => Outcome::Failed(if connecting {
@@ -315,6 +352,30 @@ mod tests {
         assert!(parse_url("https://h:1/p", "http").is_err());
         assert!(parse_url("/p", "http").is_err());
         assert!(parse_url("tcp://h:1", "tcp").is_ok());
+        let n = parse_header_names(&["X-Envoy-Overloaded".into()]).unwrap();
+        assert_eq!(n[0].as_str(), "x-envoy-overloaded");
+        assert!(parse_header_names(&["bad name".into()]).is_err());
+    }
+
+    #[test]
+    fn counted_headers() {
+        let mut m = HeaderMap::new();
+        m.insert("x-envoy-overloaded", HeaderValue::from_static("true"));
+        m.append("x-multi", HeaderValue::from_static("a"));
+        m.append("x-multi", HeaderValue::from_static("b"));
+        let names = parse_header_names(&[
+            "x-envoy-overloaded".into(),
+            "X-Multi".into(),
+            "x-absent".into(),
+        ])
+        .unwrap();
+        assert_eq!(
+            counted(&m, &names),
+            [
+                ("x-envoy-overloaded".to_owned(), "true".to_owned()),
+                ("x-multi".to_owned(), "a, b".to_owned()),
+            ]
+        );
     }
 
     #[test]

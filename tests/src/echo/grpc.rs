@@ -25,6 +25,9 @@ impl EchoService {
 #[tonic::async_trait]
 impl Echo for EchoService {
     async fn echo(&self, req: Request<EchoRequest>) -> Result<Response<EchoResponse>, Status> {
+        if self.id.delay_ms > 0 {
+            tokio::time::sleep(self.id.delay()).await;
+        }
         if self.id.should_fail() {
             return Err(Status::unavailable(format!(
                 "injected failure from {}",

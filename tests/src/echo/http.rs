@@ -189,8 +189,9 @@ async fn echo(
             }
         }
     }
-    if let Some(d) = knobs.delay {
-        tokio::time::sleep(d).await;
+    let delay = id.delay() + knobs.delay.unwrap_or_default();
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
     }
 
     // Local decisions (an injected failure, ?status=) short-circuit: no upstream call.

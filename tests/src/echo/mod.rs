@@ -35,6 +35,8 @@ pub struct Identity {
     pub pod_ip: Option<String>,
     pub failure_rate: f64,
     pub failure_status: u16,
+    /// Added latency of every echo request, HTTP and gRPC (a per-pod slowness), in ms.
+    pub delay_ms: u64,
 }
 
 impl Identity {
@@ -70,6 +72,13 @@ impl Identity {
             }
             None => 503,
         };
+        let delay_ms = match get("DELAY_MS") {
+            Some(v) => v
+                .trim()
+                .parse()
+                .with_context(|| format!("DELAY_MS={v:?} is not a number of milliseconds"))?,
+            None => 0,
+        };
         Ok(Self {
             pod,
             namespace: get("POD_NAMESPACE").unwrap_or_else(|| "default".to_owned()),
@@ -78,7 +87,13 @@ impl Identity {
             pod_ip: get("POD_IP"),
             failure_rate,
             failure_status,
+            delay_ms,
         })
+    }
+
+    /// The `DELAY_MS` slowness (zero by default).
+    pub fn delay(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.delay_ms)
     }
 
     /// Whether this request should be failed by fault injection.
@@ -175,6 +190,7 @@ mod tests {
         assert_eq!(id.namespace, "default");
         assert_eq!(id.version, "v1");
         assert_eq!(id.failure_status, 503);
+        assert_eq!(id.delay_ms, 0);
         assert!(!id.should_fail());
 
         let id = Identity::from_lookup(lookup(&[
@@ -184,8 +200,10 @@ mod tests {
             ("VERSION", "v2"),
             ("FAILURE_RATE", "1"),
             ("FAILURE_STATUS", "500"),
+            ("DELAY_MS", "150"),
         ]))
         .unwrap();
+        assert_eq!(id.delay(), std::time::Duration::from_millis(150));
         assert_eq!((id.pod.as_str(), id.namespace.as_str()), ("p1", "ns"));
         assert_eq!(id.version, "v2");
         assert!(id.should_fail());
@@ -197,5 +215,6 @@ mod tests {
         assert!(Identity::from_lookup(lookup(&[("FAILURE_RATE", "2")])).is_err());
         assert!(Identity::from_lookup(lookup(&[("FAILURE_RATE", "x")])).is_err());
         assert!(Identity::from_lookup(lookup(&[("FAILURE_STATUS", "42")])).is_err());
+        assert!(Identity::from_lookup(lookup(&[("DELAY_MS", "-1")])).is_err());
     }
 }
