@@ -65,7 +65,7 @@ pub fn run(args: TestArgs) -> anyhow::Result<()> {
     steps.push(("unit + privileged tests", vec!["test"], vec![]));
     // Lab end-to-end tests share one lab at a time: one test thread.
     steps.push((
-        "lab + capture + tunnel e2e tests",
+        "lab + capture + tunnel + l7 e2e tests",
         vec![
             "test",
             "-p",
@@ -78,6 +78,8 @@ pub fn run(args: TestArgs) -> anyhow::Result<()> {
             "capture_e2e",
             "--test",
             "tunnel_e2e",
+            "--test",
+            "l7_e2e",
             "--",
             "--test-threads=1",
         ],

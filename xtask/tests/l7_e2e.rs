@@ -1263,9 +1263,16 @@ fn telemetry_matches_the_client() {
         } else {
             NODES.iter().copied().filter(|n| *n == node).collect()
         };
+        // The destination side identifies the backend by its pod's app label: a pod behind
+        // several Services (backend, backend-v1, …) cannot tell which one a request was for.
+        let service = if node == "*" {
+            ("destination_app", "backend")
+        } else {
+            ("destination_service_name", "backend")
+        };
         let labels = [
             ("reporter", reporter),
-            ("destination_service_name", "backend"),
+            service,
             ("source_workload_namespace", NS),
             ("response_code", code),
             ("destination_version", version),
@@ -1327,7 +1334,7 @@ fn telemetry_matches_the_client() {
         REQUESTS,
         &[
             ("reporter", "destination"),
-            ("destination_service_name", "backend"),
+            ("destination_app", "backend"),
             ("connection_security_policy", "mutual_tls"),
             ("request_protocol", "http"),
         ],
