@@ -29,7 +29,8 @@ enum Command {
     /// The local lab: a multi-node cluster shape on this machine (netns + cgroups).
     #[command(subcommand)]
     Lab(lab::LabCommand),
-    /// Set up, start the lab, deploy examples/, drive traffic and print what happened.
+    /// Set up, start the lab, deploy examples/, drive traffic, put it in the mesh, apply
+    /// examples/traffic/ (canary, dark launch, fault injection) and print what happened.
     Demo,
     /// Run every check: fmt, clippy, unit, privileged (netns/eBPF) and lab end-to-end tests.
     Test(test::TestArgs),
