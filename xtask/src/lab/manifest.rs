@@ -748,6 +748,27 @@ mod tests {
         }
     }
 
+    /// Every manifest the repository ships for the lab (examples, test fixtures) is accepted.
+    #[test]
+    fn shipped_manifests_parse() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .parent()
+            .unwrap()
+            .to_path_buf();
+        let mut seen = 0;
+        for dir in [
+            "examples",
+            "examples/mesh",
+            "examples/traffic",
+            "xtask/tests/fixtures",
+        ] {
+            let (docs, errors) = load_path(&root.join(dir)).unwrap();
+            assert!(errors.is_empty(), "{dir}: {errors:?}");
+            seen += docs.len();
+        }
+        assert!(seen > 40, "{seen} documents");
+    }
+
     #[test]
     fn a_bad_document_does_not_hide_good_ones() {
         let text = "apiVersion: v1\nkind: Namespace\nmetadata: {name: a}\n---\napiVersion: v1\nkind: Service\nmetadata: {name: s}\nspec: {ports: [{port: 0}]}\n---\napiVersion: v1\nkind: Namespace\nmetadata: {name: b}\n---\n";
