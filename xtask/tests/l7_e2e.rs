@@ -1223,9 +1223,10 @@ fn gateway_api_routes_grpc_and_websocket() {
             Err(v.to_string())
         }
     });
+    // Envoy reports the service of the cluster the request went to: the backendRef's.
     let labels = [
         ("reporter", "source"),
-        ("destination_service_name", "backend"),
+        ("destination_service_name", "backend-v2"),
         ("request_protocol", "grpc"),
         ("grpc_response_status", "0"),
         ("destination_version", "v2"),

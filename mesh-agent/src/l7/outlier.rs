@@ -15,13 +15,15 @@
 //!   whether or not the ejection was allowed, so an overflowed host needs a fresh run of errors.
 //!   A host that is already ejected is not ejected again and its counters keep counting until
 //!   re-admission resets them.
-//! - **Ejection percentage**: allowed while `ejected × 100 < max_ejection_percent × hosts`, so
-//!   the first host can always be ejected (unless the percentage is 0). This is Envoy's rule up
-//!   to 1.30 ("if no hosts have been ejected, Envoy will eject the host immediately").
+//! - **Ejection percentage**: Envoy up to 1.30 allowed an ejection while
+//!   `ejected × 100 < max_ejection_percent × hosts`, so the first host could always be ejected
+//!   (unless the percentage is 0) ("if no hosts have been ejected, Envoy will eject the host immediately").
 //!   **Envoy ≥ 1.31 changed it** to `(ejected + 1) × 100 ≤ percent × hosts` plus an opt-in
 //!   `always_eject_one_host` (default off, which Istio does not set): with Istio's 10% and fewer
-//!   than 10 endpoints, a current Envoy ejects nothing. [`Detector::strict_max_ejection_percent`]
-//!   selects that rule.
+//!   than 10 endpoints, a current Envoy ejects nothing. Weft uses that rule **with**
+//!   `always_eject_one_host` (the first host can always be ejected, as every Envoy did before
+//!   1.31 and as Istio's docs describe); [`Detector::strict_max_ejection_percent`]`(false)`
+//!   selects the ≤ 1.30 rule.
 //! - **Ejection time**: `min(base × m, max(base, max_ejection))`, where the multiplier `m`
 //!   ([`Ejection::times`]) grows by one per ejection while `m × base < max + base` (Envoy's cap)
 //!   and decays by one at every sweep for a host re-admitted at least one interval earlier and
@@ -122,13 +124,14 @@ impl Detector {
             cfg,
             hosts: HashMap::new(),
             next_sweep: None,
-            strict_percent: false,
+            strict_percent: true,
         }
     }
 
-    /// Selects Envoy ≥ 1.31's ejection-percentage rule (without `always_eject_one_host`): eject
-    /// only while `(ejected + 1) × 100 ≤ max_ejection_percent × hosts`. Off by default (see the
-    /// module documentation).
+    /// `true` (the default): Envoy ≥ 1.31's ejection-percentage rule with
+    /// `always_eject_one_host` — the first host always, then only while
+    /// `(ejected + 1) × 100 ≤ max_ejection_percent × hosts`. `false`: Envoy ≤ 1.30's
+    /// `ejected × 100 < max_ejection_percent × hosts` (see the module documentation).
     pub fn strict_max_ejection_percent(mut self, strict: bool) -> Detector {
         self.strict_percent = strict;
         self
@@ -264,7 +267,9 @@ impl Detector {
             .count() as u64;
         let percent = u64::from(self.cfg.max_ejection_percent.min(100));
         if self.strict_percent {
-            (ejected + 1) * 100 <= percent * n
+            // The first host can always go (Envoy's `always_eject_one_host`, and what Envoy did
+            // before 1.31): otherwise Istio's 10% default would never eject in a small service.
+            (ejected == 0 && percent > 0) || (ejected + 1) * 100 <= percent * n
         } else {
             ejected * 100 < percent * n
         }
@@ -513,7 +518,7 @@ mod tests {
     fn max_ejection_percent_table() {
         // (percent, hosts, strict, how many of the hosts get ejected when all fail)
         let cases: &[(u32, u8, bool, usize)] = &[
-            // Envoy ≤ 1.30 (default): the first always; then while below the percentage.
+            // Envoy ≤ 1.30: the first always; then while below the percentage.
             (10, 3, false, 1),
             (10, 10, false, 1),
             (10, 11, false, 2),
@@ -524,12 +529,15 @@ mod tests {
             (100, 3, false, 3),
             (0, 3, false, 0),
             (250, 2, false, 2),
-            // Envoy ≥ 1.31 without always_eject_one_host.
-            (10, 3, true, 0),
-            (10, 9, true, 0),
+            // Weft's default: Envoy ≥ 1.31's rule with always_eject_one_host.
+            (10, 3, true, 1),
+            (10, 9, true, 1),
             (10, 10, true, 1),
+            (20, 10, true, 2),
             (50, 4, true, 2),
             (50, 3, true, 1),
+            (34, 3, true, 1),
+            (67, 3, true, 2),
             (100, 3, true, 3),
             (0, 3, true, 0),
         ];

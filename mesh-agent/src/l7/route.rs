@@ -357,7 +357,23 @@ impl CompiledTable {
                 return Selection::Route { index, route };
             }
         }
+        // Gateway API: routes attached to one port of the Service (parentRef `port`) leave the
+        // other ports alone — their traffic takes the default route, not a 404.
+        if self.table.gateway_api && !self.covers_port(req.dst_port) {
+            return Selection::NoRoute(Unmatched::WholeService);
+        }
         Selection::NoRoute(self.unmatched())
+    }
+
+    /// Whether some HTTP route can apply to requests sent to `port` (a route without match
+    /// blocks, or a block for any port or this one).
+    pub fn covers_port(&self, port: u16) -> bool {
+        self.routes.iter().any(|c| {
+            c.blocks.is_empty()
+                || c.blocks
+                    .iter()
+                    .any(|b| b.port == 0 || b.port == u32::from(port))
+        })
     }
 
     /// The first `tcp[]` route matching a connection (blocks ORed, a route without blocks matches
@@ -616,7 +632,25 @@ mod tests {
         assert_eq!(gw.unmatched(), Unmatched::NotFound);
         // An empty table.
         assert_eq!(pick(&table(false, vec![]), &req("/")), "<default>");
-        assert_eq!(pick(&table(true, vec![]), &req("/")), "<404>");
+        // No route attached to any port: the default route.
+        assert_eq!(pick(&table(true, vec![]), &req("/")), "<default>");
+        // Routes attached to another port of the Service (parentRef port) leave this one alone.
+        let other_port = table(
+            true,
+            vec![route(
+                "p",
+                vec![HttpMatch {
+                    uri: exact("/productpage"),
+                    port: 8080,
+                    ..Default::default()
+                }],
+            )],
+        );
+        assert_eq!(pick(&other_port, &req("/other")), "<default>");
+        assert!(!other_port.covers_port(9080) && other_port.covers_port(8080));
+        let mut on_port = req("/other");
+        on_port.dst_port = 8080;
+        assert_eq!(pick(&other_port, &on_port), "<404>");
     }
 
     #[test]
