@@ -47,8 +47,8 @@ pub fn effective_policy(
     match base.port_level.iter().find(|p| p.port == u32::from(port)) {
         Some(pl) => TrafficPolicy {
             load_balancer: pl.load_balancer.clone(),
-            connection_pool: pl.connection_pool.clone(),
-            outlier_detection: pl.outlier_detection.clone(),
+            connection_pool: pl.connection_pool,
+            outlier_detection: pl.outlier_detection,
             tls: pl.tls.clone(),
             port_level: vec![],
         },
