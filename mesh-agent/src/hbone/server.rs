@@ -259,6 +259,7 @@ impl Server {
                     svc.map(|s| s.as_ref()),
                 );
                 drop(mesh);
+                let tcp_labels = self.pod.destination_labels(peer.ip(), Some(&src_identity));
                 let guard = self.pod.conns.register(self.pod.conn_info(
                     "inbound",
                     "hbone-http",
@@ -269,7 +270,7 @@ impl Server {
                 ));
                 let io = super::io::TunnelIo::from_streams(send, req.into_body());
                 tokio::select! {
-                    _ = crate::proxy::http::inbound::serve(io, upstream, self.pod.clone(), labels, dst.port()) => {}
+                    _ = crate::proxy::http::inbound::serve(io, upstream, self.pod.clone(), labels, tcp_labels, dst.port()) => {}
                     _ = guard.cancel.cancelled() => {}
                 }
                 return;

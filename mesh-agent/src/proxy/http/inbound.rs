@@ -43,8 +43,11 @@ pub async fn serve(
     app_conn: TcpStream,
     pod: Arc<PodCtx>,
     labels: HttpLabels,
+    tcp_labels: crate::metrics::TcpLabels,
     dst_port: u16,
 ) {
+    pod.metrics.tcp_opened(&tcp_labels);
+    let (io, counters) = super::counted::Counted::new(io);
     let ctx = Arc::new(Ctx {
         pod: pod.clone(),
         app: SocketAddr::new(Ipv4Addr::LOCALHOST.into(), dst_port),
@@ -64,6 +67,8 @@ pub async fn serve(
         },
         _ = pod.cancel.cancelled() => {}
     }
+    let (read, written) = counters.get();
+    pod.metrics.tcp_closed(&tcp_labels, read, written);
 }
 
 async fn app_stream(ctx: &Ctx) -> std::io::Result<TcpStream> {

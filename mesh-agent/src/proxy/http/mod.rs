@@ -20,6 +20,7 @@
 //! HTTP/1.1 `Upgrade` (WebSocket) requests are passed through: after a 101 both sides are spliced.
 pub mod body;
 pub mod cluster;
+pub mod counted;
 pub mod detect;
 pub mod inbound;
 pub mod upstream;
@@ -86,6 +87,20 @@ pub async fn serve(
     dst: SocketAddr,
 ) {
     let _ = client.set_nodelay(true);
+    // The app's connection is also a TCP connection in the telemetry (ztunnel's view).
+    let mut tcp_labels = pod.source_labels();
+    tcp_labels.destination_service = svc.hostname.clone();
+    let identities: std::collections::BTreeSet<&str> =
+        svc.endpoints.iter().map(|e| e.identity.as_str()).collect();
+    if !svc.endpoints.is_empty() && svc.endpoints.iter().all(|e| e.mesh) {
+        tcp_labels.connection_security_policy = "mutual_tls".into();
+        if let [id] = identities.into_iter().collect::<Vec<_>>()[..] {
+            tcp_labels.destination_principal = id.to_string();
+            tcp_labels.destination_workload_namespace = crate::proxy::namespace_of(id);
+        }
+    }
+    pod.metrics.tcp_opened(&tcp_labels);
+    let (client, counters) = counted::Counted::new(client);
     let conn = Arc::new(Conn {
         pod: pod.clone(),
         t,
@@ -104,6 +119,8 @@ pub async fn serve(
         },
         _ = pod.cancel.cancelled() => {}
     }
+    let (read, written) = counters.get();
+    pod.metrics.tcp_closed(&tcp_labels, read, written);
 }
 
 /// Everything decided about one request, for the response and telemetry.
