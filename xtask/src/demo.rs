@@ -80,7 +80,7 @@ pub fn run() -> anyhow::Result<()> {
     let now = capture_stats(&lab)?;
     println!(
         "  {:<8} {:>20} {:>16} {:>24}",
-        "NODE", "OUTBOUND REDIRECTED", "INBOUND STEERED", "mTLS TUNNELS RECEIVED"
+        "NODE", "OUTBOUND REDIRECTED", "INBOUND STEERED", "mTLS REQUESTS RECEIVED"
     );
     for (node, (o, i, t)) in &now {
         let (o0, i0, t0) = before.get(node).copied().unwrap_or((0, 0, 0));
@@ -91,7 +91,7 @@ pub fn run() -> anyhow::Result<()> {
         .map(|(n, (_, _, t))| t - before.get(n).map(|b| b.2).unwrap_or(0))
         .sum();
     if tunnelled < u64::from(REQUESTS) {
-        bail!("only {tunnelled} connections arrived over mTLS for {REQUESTS} requests");
+        bail!("only {tunnelled} requests arrived over mTLS for {REQUESTS} requests");
     }
     let total: u64 = now
         .iter()
@@ -414,7 +414,7 @@ fn capture_stats(lab: &Lab) -> anyhow::Result<BTreeMap<String, (u64, u64, u64)>>
         let tunnelled: f64 = metrics
             .lines()
             .filter(|l| {
-                l.starts_with("istio_tcp_connections_opened_total{reporter=\"destination\"")
+                l.starts_with("istio_requests_total{reporter=\"destination\"")
                     && l.contains("connection_security_policy=\"mutual_tls\"")
             })
             .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
