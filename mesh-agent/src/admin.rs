@@ -1,7 +1,9 @@
 //! Agent admin endpoint (`127.0.0.1:15000` in the node netns; `mesh-agent config|certs|connections`
 //! call it): `GET /config` — the pods enrolled here and the mesh state from the controller;
 //! `GET /certs` — each identity's certificate (serial, validity, state, chain); `GET /connections`
-//! — open proxied connections and pooled HBONE tunnels. JSON only, read-only.
+//! — open proxied connections and pooled HBONE tunnels; `GET /clusters` — each pod's L7 clusters
+//! (load balancer, requests in flight, pending, endpoints ejected by outlier detection). JSON
+//! only, read-only.
 use std::{
     net::SocketAddr,
     sync::{Arc, Mutex},
@@ -22,6 +24,8 @@ use crate::{
 pub struct AdminState {
     pub node: String,
     pub pods: Mutex<Value>,
+    /// The enrolled pods' proxy contexts (their L7 clusters).
+    pub pod_ctxs: Mutex<Vec<Arc<crate::proxy::PodCtx>>>,
     pub mesh: Arc<SharedMesh>,
     pub certs: Option<Arc<CertManager>>,
     pub tunnel: Option<Arc<TunnelCtx>>,
@@ -69,6 +73,18 @@ impl AdminState {
         json!({"node": self.node, "certificates": list})
     }
 
+    /// Each pod's L7 clusters: balancer, requests in flight, pending, ejected endpoints.
+    pub fn clusters(&self) -> Value {
+        let pods: Vec<Value> = self
+            .pod_ctxs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|c| json!({"pod": c.id(), "clusters": c.http.clusters.dump()}))
+            .collect();
+        json!({"node": self.node, "pods": pods})
+    }
+
     pub fn connections(&self) -> Value {
         let tunnels: Vec<Value> = self
             .tunnel
@@ -102,6 +118,7 @@ pub async fn serve(addr: SocketAddr, state: Arc<AdminState>) -> std::io::Result<
                         "/config" => Some(st.config()),
                         "/certs" => Some(st.certs()),
                         "/connections" => Some(st.connections()),
+                        "/clusters" => Some(st.clusters()),
                         _ => None,
                     };
                     match body {
@@ -114,7 +131,7 @@ pub async fn serve(addr: SocketAddr, state: Arc<AdminState>) -> std::io::Result<
                             Response::builder()
                                 .status(404)
                                 .body(Full::new(Bytes::from_static(
-                                    b"not found: /config, /certs, /connections\n",
+                                    b"not found: /config, /certs, /connections, /clusters\n",
                                 )))
                         }
                     }

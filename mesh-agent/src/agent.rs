@@ -216,6 +216,7 @@ impl Agent {
             let st = Arc::new(crate::admin::AdminState {
                 node: self.cfg.node.clone(),
                 pods: std::sync::Mutex::new(serde_json::Value::Array(vec![])),
+                pod_ctxs: std::sync::Mutex::new(vec![]),
                 mesh: self.mesh.clone(),
                 certs: self.certs.clone(),
                 tunnel: self.tunnel.clone(),
@@ -383,11 +384,21 @@ impl Agent {
             .map(|(k, v)| (k.clone(), v.plan.clone()))
             .collect();
         let d = enrolment::diff(&current, &desired);
-        for uid in d.unenroll.iter().chain(d.update.iter()) {
+        // Fast path and exclusions change in place; anything else re-enrols the pod.
+        let rebuild: Vec<String> = d
+            .update
+            .iter()
+            .filter(|uid| match desired.get(*uid) {
+                Some(plan) => !self.update_in_place(uid, plan),
+                None => false,
+            })
+            .cloned()
+            .collect();
+        for uid in d.unenroll.iter().chain(rebuild.iter()) {
             let hard = !present.contains(uid.as_str());
             self.unenroll(uid, hard);
         }
-        for uid in d.enroll.iter().chain(d.update.iter()) {
+        for uid in d.enroll.iter().chain(rebuild.iter()) {
             let Some(plan) = desired.get(uid) else {
                 continue;
             };
@@ -575,6 +586,43 @@ impl Agent {
         Ok(())
     }
 
+    /// Applies a changed plan that only touches the data path (fast path, exclusions) without
+    /// closing the pod's listeners, so no connection is refused meanwhile. False: the change
+    /// (identity, IP, names) needs a re-enrolment.
+    fn update_in_place(&mut self, uid: &str, plan: &PodPlan) -> bool {
+        let Some(e) = self.enrolled.get_mut(uid) else {
+            return false;
+        };
+        fn identity(p: &PodPlan) -> (&str, &str, &str, Ipv4Addr, &str, &str) {
+            (
+                &p.uid,
+                &p.name,
+                &p.namespace,
+                p.ip,
+                &p.identity,
+                &p.workload,
+            )
+        }
+        if identity(&e.plan) != identity(plan) {
+            return false;
+        }
+        let next = Enrolment {
+            fast_path: plan.fast_path,
+            exclude_outbound_ports: plan.exclude_outbound_ports.clone(),
+            exclude_inbound_ports: plan.exclude_inbound_ports.clone(),
+            exclude_outbound_cidrs: plan.exclude_outbound_cidrs.clone(),
+            ..e.enrolment.clone()
+        };
+        if let Err(err) = self.datapath.update(&e.enrolment, &next) {
+            warn!(pod = %e.ctx.id(), "updating the maps in place: {err}; re-enrolling");
+            return false;
+        }
+        info!(pod = %e.ctx.id(), uid, fast_path = plan.fast_path, "updated in place");
+        e.enrolment = next;
+        e.plan = plan.clone();
+        true
+    }
+
     /// Un-enrols a pod. `hard` (the pod is gone): also closes its proxied connections, so nothing
     /// keeps the dead netns alive. Otherwise established connections keep working.
     fn unenroll(&mut self, uid: &str, hard: bool) {
@@ -637,6 +685,8 @@ impl Agent {
         if let Some(a) = &self.admin {
             *a.pods.lock().unwrap_or_else(|p| p.into_inner()) =
                 serde_json::to_value(&records).unwrap_or_default();
+            *a.pod_ctxs.lock().unwrap_or_else(|p| p.into_inner()) =
+                self.enrolled.values().map(|e| e.ctx.clone()).collect();
         }
         let path = self.cfg.state_dir.join("pods.json");
         let tmp = path.with_extension("json.tmp");

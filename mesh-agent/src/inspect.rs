@@ -247,7 +247,7 @@ pub fn pods_json(pins: &PinLayout, state_dir: &Path) -> Result<Value, InspectErr
             json!({
                 "namespace": p.namespace, "name": p.name, "uid": p.uid, "ip": p.ip.to_string(),
                 "enrolled": m.get(&p.netns_cookie, 0).is_ok() && ips.get(&ip, 0).is_ok(),
-                "cgroup": p.cgroup, "cgroup_id": p.cgroup_id, "netns_cookie": p.netns_cookie,
+                "cgroup": p.cgroup, "cgroup_id": p.cgroup_id, "netns_cookie": p.netns_cookie, "pod_index": p.pod_index,
                 "listeners": p.listeners,
                 "inbound_listener_in_map": inbound_keys.contains(&ip),
                 "sk_lookup_link": pins.sk_lookup_link(&p.uid).exists(),

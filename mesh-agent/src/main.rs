@@ -134,6 +134,12 @@ enum Command {
         #[command(flatten)]
         admin: AdminArgs,
     },
+    /// The running agent's L7 clusters per pod: load balancer, requests in flight, pending
+    /// requests, endpoints ejected by outlier detection.
+    Clusters {
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
 }
 
 #[derive(clap::Args)]
@@ -200,6 +206,7 @@ fn main() -> anyhow::Result<()> {
     let command_name = match &cli.command {
         Command::Config { .. } => "config",
         Command::Certs { .. } => "certs",
+        Command::Clusters { .. } => "clusters",
         _ => "connections",
     };
     match cli.command {
@@ -284,10 +291,14 @@ fn main() -> anyhow::Result<()> {
                 agent.run().await.context("agent")
             })
         }
-        Command::Config { admin } | Command::Certs { admin } | Command::Connections { admin } => {
+        Command::Config { admin }
+        | Command::Certs { admin }
+        | Command::Connections { admin }
+        | Command::Clusters { admin } => {
             let path = match command_name {
                 "config" => "/config",
                 "certs" => "/certs",
+                "clusters" => "/clusters",
                 _ => "/connections",
             };
             let rt = tokio::runtime::Builder::new_current_thread()

@@ -195,21 +195,37 @@ fn large_transfers_arrive_intact_with_and_without_the_fast_path() {
     let _lab = capture_lab();
     let mserver = pod_ip("meshed", "mserver");
     bulk("meshed", "client", &mserver);
-    // Fast path on for the namespace: pods are re-enrolled with it.
+    let index = |node: &str, pod: &str| {
+        bpf("pods", node)
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == pod)
+            .map(|p| p["pod_index"].clone())
+    };
+    let mserver_index = index("node-b", "mserver");
+    // Fast path on for the namespace: the pods' maps are updated in place (listeners stay open).
     let dir = tempdir();
     let ns = dir.join("ns.yaml");
     std::fs::write(&ns, "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: meshed\n  annotations: {weft.dev/mesh: enabled, weft.dev/fast-path: enabled}\n").unwrap();
     ok(&["lab", "apply", "-f", ns.to_str().unwrap()]);
     let deadline = Instant::now() + Duration::from_secs(10);
-    while !bpf("pods", "node-a")
-        .as_array()
-        .unwrap()
-        .iter()
-        .any(|p| p["name"] == "client" && p["fast_path"] == true && p["enrolled"] == true)
-    {
+    let fast = |node: &str, pod: &str| {
+        bpf("pods", node)
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["name"] == pod && p["fast_path"] == true && p["enrolled"] == true)
+    };
+    while !(fast("node-a", "client") && fast("node-b", "mserver")) {
         assert!(Instant::now() < deadline, "fast path not enabled");
         std::thread::sleep(Duration::from_millis(100));
     }
+    assert_eq!(
+        index("node-b", "mserver"),
+        mserver_index,
+        "mserver updated in place, not re-enrolled"
+    );
     let before = stat("node-a", "fast_path_redirected");
     bulk("meshed", "client", &mserver);
     assert!(

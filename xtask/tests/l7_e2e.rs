@@ -729,6 +729,61 @@ fn request_matches_route_in_first_match_order() {
             "{what}: {path} {extra:?} → {want}: {v}"
         );
     }
+
+    // Mirroring, rewrite and header operations: everything to v1, mirrored 100 % to v2 (whose
+    // replies are discarded), the path rewritten, a request header set and a response header
+    // added.
+    apply(&virtual_service(
+        "backend",
+        "mirror",
+        r#"  - name: mirrored
+    match: [{uri: {prefix: /old}}]
+    rewrite: {uri: /new}
+    headers:
+      request: {set: {x-routed-by: weft}}
+      response: {add: {x-route: mirrored}}
+    route: [{destination: {host: backend, subset: v1}}]
+    mirror: {host: backend, subset: v2}
+    mirrorPercentage: {value: 100}
+"#,
+    ));
+    wait_probe("client-a", &format!("{BACKEND}/"), "mirror");
+    let mirrored = [
+        ("reporter", "destination"),
+        ("destination_app", "backend"),
+        ("destination_version", "v2"),
+    ];
+    let base = metric(&NODES, REQUESTS, &mirrored);
+    let v = load(
+        "client-a",
+        &[
+            "-n",
+            "50",
+            "--count-header",
+            "x-route",
+            &format!("{BACKEND}/old/page"),
+        ],
+    );
+    assert_all_ok(&v, "mirrored route");
+    assert_eq!(n(&v, "versions", "v1"), 50, "the client sees v1 only: {v}");
+    assert_eq!(
+        v["headers"]["x-route"]["mirrored"], 50,
+        "response header added: {v}"
+    );
+    assert_eq!(
+        metric_growth(&NODES, REQUESTS, &mirrored, base, 50.0),
+        50.0,
+        "v2 received every request as a shadow copy"
+    );
+    let echo = load("client-a", &["-n", "1", &format!("{BACKEND}/old/page?q=1")]);
+    assert_all_ok(&echo, "rewrite");
+    let body = curl(NS, "client-a", &format!("{BACKEND}/old/page?q=1"));
+    assert_eq!(body["path"], "/new/page", "rewritten path: {body}");
+    assert_eq!(body["query"], "q=1", "query kept: {body}");
+    assert_eq!(
+        body["headers"]["x-routed-by"], "weft",
+        "request header set: {body}"
+    );
 }
 
 /// Fault injection: abort 100 % (503 at once, flag FI, the backend never reached), delay 2 s for

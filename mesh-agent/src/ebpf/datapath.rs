@@ -424,6 +424,61 @@ impl Datapath {
         Ok(())
     }
 
+    /// Changes an enrolled pod's fast path and exclusions in place (same netns, IP and listeners):
+    /// new entries are written before stale ones are removed, so capture never lapses.
+    pub fn update(&mut self, old: &Enrolment, new: &Enrolment) -> Result<(), EbpfError> {
+        let ip_be = u32::from(new.ip).to_be();
+        {
+            let map = self
+                .ebpf
+                .map_mut(maps::EXCLUDED_PORTS)
+                .ok_or(EbpfError::MissingMap(maps::EXCLUDED_PORTS))?;
+            let mut m: HashMap<&mut MapData, PortKey, u32> =
+                HashMap::try_from(map).map_err(map_err(maps::EXCLUDED_PORTS))?;
+            for key in new.port_keys() {
+                m.insert(key, 1, 0).map_err(map_err(maps::EXCLUDED_PORTS))?;
+            }
+        }
+        {
+            let map = self
+                .ebpf
+                .map_mut(maps::EXCLUDED_CIDRS)
+                .ok_or(EbpfError::MissingMap(maps::EXCLUDED_CIDRS))?;
+            let mut m: LpmTrie<&mut MapData, CidrKey, u32> =
+                LpmTrie::try_from(map).map_err(map_err(maps::EXCLUDED_CIDRS))?;
+            for key in new.cidr_keys() {
+                m.insert(&key, 1, 0)
+                    .map_err(map_err(maps::EXCLUDED_CIDRS))?;
+            }
+        }
+        self.hash_insert(maps::POD_IPS, ip_be, new.entry())?;
+        self.hash_insert(maps::MESHED_NETNS, new.netns_cookie, new.entry())?;
+        let keep = new.port_keys();
+        for key in old.port_keys().into_iter().filter(|k| !keep.contains(k)) {
+            self.hash_remove::<PortKey, u32>(maps::EXCLUDED_PORTS, key)?;
+        }
+        let keep: BTreeSet<(Ipv4Addr, u8)> = new.exclude_outbound_cidrs.iter().copied().collect();
+        let stale = Enrolment {
+            exclude_outbound_cidrs: old
+                .exclude_outbound_cidrs
+                .iter()
+                .copied()
+                .filter(|c| !keep.contains(c))
+                .collect(),
+            ..old.clone()
+        };
+        let map = self
+            .ebpf
+            .map_mut(maps::EXCLUDED_CIDRS)
+            .ok_or(EbpfError::MissingMap(maps::EXCLUDED_CIDRS))?;
+        let mut m: LpmTrie<&mut MapData, CidrKey, u32> =
+            LpmTrie::try_from(map).map_err(map_err(maps::EXCLUDED_CIDRS))?;
+        for key in stale.cidr_keys() {
+            ignore_missing(m.remove(&key)).map_err(map_err(maps::EXCLUDED_CIDRS))?;
+        }
+        Ok(())
+    }
+
     /// Removes a pod from the maps and detaches its sk_lookup link. Connections already proxied
     /// are not touched.
     pub fn unenroll(&mut self, e: &Enrolment) -> Result<(), EbpfError> {

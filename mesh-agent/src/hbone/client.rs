@@ -26,6 +26,9 @@ use crate::proxy::PodCtx;
 /// Idle connections are released after this long.
 pub const IDLE: Duration = Duration::from_secs(60);
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Refused connects are retried this often, 25, 50, 100, 200 ms apart (375 ms in all).
+const REFUSED_RETRIES: u32 = 4;
+const REFUSED_BACKOFF: Duration = Duration::from_millis(25);
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq)]
 struct Key {
@@ -168,14 +171,29 @@ impl Pool {
             .map_err(|e| HboneError::Cert(key.src_identity.clone(), e))?;
         let config = tls::client_config(cert, roots, vec![key.dst_identity.clone()])
             .map_err(|e| HboneError::Tls(via, e.to_string()))?;
-        let sock = pod
-            .socket(via.is_ipv4())
-            .await
-            .map_err(|e| HboneError::Connect(via, e))?;
-        let tcp = sock
-            .connect(via)
-            .await
-            .map_err(|e| HboneError::Connect(via, e))?;
+        // A refused connect usually means the destination's agent is still enrolling the pod the
+        // controller already published (tens of ms): retry briefly before giving up.
+        let mut delay = REFUSED_BACKOFF;
+        let mut retries = 0;
+        let tcp = loop {
+            let sock = pod
+                .socket(via.is_ipv4())
+                .await
+                .map_err(|e| HboneError::Connect(via, e))?;
+            match sock.connect(via).await {
+                Ok(tcp) => break tcp,
+                Err(e)
+                    if e.kind() == std::io::ErrorKind::ConnectionRefused
+                        && retries < REFUSED_RETRIES =>
+                {
+                    debug!(%via, retries, "HBONE connect refused: retrying");
+                    retries += 1;
+                    tokio::time::sleep(delay).await;
+                    delay *= 2;
+                }
+                Err(e) => return Err(HboneError::Connect(via, e)),
+            }
+        };
         let tls_stream = tokio::time::timeout(
             HANDSHAKE_TIMEOUT,
             tokio_rustls::TlsConnector::from(config)

@@ -320,7 +320,11 @@ async fn handle(conn: Arc<Conn>, req: Request<Incoming>) -> Response<Body> {
         debug!(route = %route.name, ?unknown, "ignoring unknown retryOn tokens");
     }
     let attempts_allowed = if upgrade { 0 } else { retries.attempts };
-    let (mut req_body, buffered) = if attempts_allowed > 0 {
+    let mirror = route
+        .mirror
+        .as_ref()
+        .filter(|m| !upgrade && roll_percent(m.percentage));
+    let (mut req_body, buffered) = if attempts_allowed > 0 || mirror.is_some() {
         match body::buffer(body, REPLAY_LIMIT).await {
             Ok(b) => b,
             Err(e) => {
@@ -335,6 +339,9 @@ async fn handle(conn: Arc<Conn>, req: Request<Incoming>) -> Response<Body> {
     if req_body.replayable() {
         // The body is already read: the upstream must not wait for a 100-continue of its own.
         parts.headers.remove(http::header::EXPECT);
+    }
+    if let (Some(m), ReqBody::Buffered(b)) = (mirror, &req_body) {
+        shadow(&conn, &mesh, m, &parts, b.clone(), h2);
     }
     let limits = cluster.limits().clone();
     let settings = ConnSettings {
@@ -579,6 +586,98 @@ async fn handle(conn: Arc<Conn>, req: Request<Incoming>) -> Response<Body> {
             None => attempt_failure(&conn, out, start, &outcome, grpc),
         };
     }
+}
+
+/// Mirrors a request (Envoy's request mirroring): fire and forget to one endpoint of the mirror
+/// destination, `-shadow` appended to the authority, the response discarded. Only requests whose
+/// body was buffered are mirrored.
+fn shadow(
+    conn: &Arc<Conn>,
+    mesh: &MeshState,
+    m: &mesh_common::proto::config::Mirror,
+    parts: &http::request::Parts,
+    body: Bytes,
+    h2: bool,
+) {
+    let port = if m.port == 0 {
+        conn.svc.port
+    } else {
+        m.port as u16
+    };
+    let Some(svc) = mesh.service_by_host(&m.host, port) else {
+        debug!(pod = %conn.pod.id(), host = %m.host, "mirror destination unknown");
+        return;
+    };
+    let policy = mesh.destination(&m.host);
+    let Ok(eps) = crate::l7::subset_endpoints(
+        &m.host,
+        policy.map(|p| p.as_ref()),
+        &m.subset,
+        &svc.endpoints,
+    ) else {
+        return;
+    };
+    if eps.is_empty() {
+        return;
+    }
+    let ep = eps[fastrand::usize(..eps.len())];
+    let target = Endpoint {
+        addr: SocketAddr::new(ep.ip, ep.port),
+        hbone: ep.mesh.then(|| ep.identity.clone()),
+    };
+    let mut req = Request::new(if body.is_empty() {
+        body::empty()
+    } else {
+        body::full(body)
+    });
+    *req.method_mut() = parts.method.clone();
+    *req.version_mut() = parts.version;
+    *req.headers_mut() = parts.headers.clone();
+    let host = parts
+        .headers
+        .get(http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .map(str::to_string)
+        .or_else(|| parts.uri.authority().map(|a| a.to_string()))
+        .unwrap_or_default();
+    let shadow_host = match host.rsplit_once(':') {
+        Some((h, p)) if p.chars().all(|c| c.is_ascii_digit()) => format!("{h}-shadow:{p}"),
+        _ => format!("{host}-shadow"),
+    };
+    if let Some(pq) = parts.uri.path_and_query() {
+        let uri = if h2 {
+            Uri::builder()
+                .scheme("http")
+                .authority(shadow_host.as_str())
+                .path_and_query(pq.clone())
+                .build()
+        } else {
+            Uri::builder().path_and_query(pq.clone()).build()
+        };
+        if let Ok(u) = uri {
+            *req.uri_mut() = u;
+        }
+    }
+    req.headers_mut()
+        .insert(http::header::HOST, header_value(&shadow_host));
+    let (pod, upstreams) = (conn.pod.clone(), conn.pod.http.upstreams.clone());
+    let settings = ConnSettings {
+        connect_timeout: Duration::from_secs(10),
+        idle_timeout: Duration::from_secs(3600),
+        max_requests_per_connection: 0,
+    };
+    tokio::spawn(async move {
+        let sent = tokio::time::timeout(Duration::from_secs(30), async {
+            let resp = upstreams.send(&pod, &target, req, h2, settings).await?;
+            // Drain the body so the connection goes back to the pool.
+            let _ = http_body_util::BodyExt::collect(resp.into_body()).await;
+            Ok::<_, SendError>(())
+        })
+        .await;
+        if let Ok(Err(e)) = sent {
+            debug!(pod = %pod.id(), "mirror: {e}");
+        }
+    });
 }
 
 /// The local reply for an attempt that got no response.
