@@ -4,7 +4,9 @@
 //!
 //! A two-node lab (release binaries). A plain namespace: a client on node-a, echo servers on
 //! node-a and node-b (direct baselines). A meshed namespace: a client on node-a, a Service
-//! `same` (server on node-a) and a Service `cross` (server on node-b), ports named `http`.
+//! `same` (server on node-a) and a Service `cross` (server on node-b), ports named `http`, and
+//! `cross-tcp` (the node-b server through a `tcp` port: HBONE without HTTP processing, to split the
+//! added latency into tunnel and L7 shares).
 //! `mesh-client` sends 1 KB responses (`?size=1024`) over keep-alive connections with HTTP/1.1 and
 //! HTTP/2 (h2c), at fixed rates and at saturation (no rate, `--concurrency` workers); variants are
 //! interleaved round after round, figures are medians over rounds. Agent CPU is read from
@@ -115,14 +117,24 @@ spec:
   selector: {app: cross}
   ports:
   - {name: http, port: 8080}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: cross-tcp, namespace: bl-mesh}
+spec:
+  selector: {app: cross}
+  ports:
+  - {name: tcp, port: 8080}
 "#;
 
 /// (key, client namespace, label)
-const VARIANTS: [(&str, &str, &str); 4] = [
+/// (e) is the breakdown: the same server through a `tcp` port (HBONE, no HTTP processing).
+const VARIANTS: [(&str, &str, &str); 5] = [
     ("a", "bl-plain", "(a) direct, same node"),
     ("b", "bl-plain", "(b) direct, cross node"),
     ("c", "bl-mesh", "(c) Weft L7 + HBONE, same node"),
     ("d", "bl-mesh", "(d) Weft L7 + HBONE, cross node"),
+    ("e", "bl-mesh", "(e) Weft L4 HBONE only, cross node"),
 ];
 
 /// The direct baseline of each variant (added latency is measured against it).
@@ -152,6 +164,10 @@ pub fn run(args: L7Args) -> anyhow::Result<()> {
             ),
             ("c", "http://same.bl-mesh:8080/bench?size=1024".to_string()),
             ("d", "http://cross.bl-mesh:8080/bench?size=1024".to_string()),
+            (
+                "e",
+                "http://cross-tcp.bl-mesh:8080/bench?size=1024".to_string(),
+            ),
         ]);
         wait_routable(lab, &urls)?;
         let agents = agent_pids(lab)?;

@@ -41,6 +41,9 @@ pub enum LabCommand {
         /// Do not start the node agents (a plain cluster without the mesh).
         #[arg(long)]
         no_agents: bool,
+        /// Run release builds of the binaries (what the benchmarks use).
+        #[arg(long)]
+        release: bool,
     },
     /// Start, stop (SIGTERM), kill (SIGKILL) or restart the lab's mesh-controller.
     Controller {
@@ -171,7 +174,20 @@ pub fn run(cmd: LabCommand) -> anyhow::Result<()> {
     util::require_root("the lab")?;
     let lab = Lab::new()?;
     match cmd {
-        LabCommand::Up { nodes, no_agents } => up(&lab, nodes, !no_agents),
+        LabCommand::Up {
+            nodes,
+            no_agents,
+            release,
+        } => up_with(
+            &lab,
+            nodes,
+            !no_agents,
+            if release {
+                Profile::Release
+            } else {
+                Profile::Debug
+            },
+        ),
         LabCommand::Agent { action, node } => agent(&lab, &action, &node),
         LabCommand::Controller { action } => controller(&lab, &action),
         LabCommand::ProxyStatus { json } => {
