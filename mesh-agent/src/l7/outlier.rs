@@ -49,7 +49,7 @@ use std::{
 
 use mesh_common::proto::config::OutlierDetection;
 
-/// Istio's `max_ejection_time` (the proto has no field for it).
+/// Istio's `max_ejection_time` (used when the config leaves it 0).
 pub const ISTIO_MAX_EJECTION: Duration = Duration::from_secs(300);
 
 const MIN_INTERVAL: Duration = Duration::from_millis(1);
@@ -75,7 +75,10 @@ impl From<&OutlierDetection> for OutlierConfig {
             consecutive_gateway: o.consecutive_gateway_errors,
             interval: Duration::from_millis(o.interval_ms),
             base_ejection: Duration::from_millis(o.base_ejection_time_ms),
-            max_ejection: ISTIO_MAX_EJECTION,
+            max_ejection: match o.max_ejection_time_ms {
+                0 => ISTIO_MAX_EJECTION,
+                ms => Duration::from_millis(ms),
+            },
             max_ejection_percent: o.max_ejection_percent,
             min_health_percent: o.min_health_percent,
         }
@@ -410,17 +413,27 @@ mod tests {
             base_ejection_time_ms: 15_000,
             max_ejection_percent: 20,
             min_health_percent: 50,
+            max_ejection_time_ms: 0,
+        };
+        let want = OutlierConfig {
+            consecutive_5xx: 7,
+            consecutive_gateway: 3,
+            interval: secs(5),
+            base_ejection: secs(15),
+            max_ejection: secs(300),
+            max_ejection_percent: 20,
+            min_health_percent: 50,
+        };
+        assert_eq!(OutlierConfig::from(&o), want, "0: Istio's 300 s");
+        let o = OutlierDetection {
+            max_ejection_time_ms: 60_000,
+            ..o
         };
         assert_eq!(
             OutlierConfig::from(&o),
             OutlierConfig {
-                consecutive_5xx: 7,
-                consecutive_gateway: 3,
-                interval: secs(5),
-                base_ejection: secs(15),
-                max_ejection: secs(300),
-                max_ejection_percent: 20,
-                min_health_percent: 50,
+                max_ejection: secs(60),
+                ..want
             }
         );
     }

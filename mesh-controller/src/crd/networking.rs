@@ -572,7 +572,7 @@ pub struct OutlierDetection {
     pub interval: Option<GoDuration>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub base_ejection_time: Option<GoDuration>,
-    /// Not supported by Weft yet.
+    /// Cap of `baseEjectionTime × ejections` (default 300 s).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_ejection_time: Option<GoDuration>,
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -282,7 +282,7 @@ fn connection_pool(p: Option<&ConnectionPoolSettings>) -> ConnectionPool {
 }
 
 /// `outlierDetection` with Istio's defaults (5 consecutive 5xx, 10 s interval, 30 s base ejection,
-/// 10% max ejection, 0% min health).
+/// 10% max ejection, 0% min health, ejection time capped at 300 s).
 fn outlier_detection(o: &IstioOutlier) -> OutlierDetection {
     OutlierDetection {
         consecutive_5xx_errors: o.consecutive_5xx_errors.unwrap_or(5),
@@ -291,6 +291,7 @@ fn outlier_detection(o: &IstioOutlier) -> OutlierDetection {
         base_ejection_time_ms: millis(o.base_ejection_time.as_ref()).unwrap_or(30_000),
         max_ejection_percent: o.max_ejection_percent.unwrap_or(10).clamp(0, 100) as u32,
         min_health_percent: o.min_health_percent.unwrap_or(0).clamp(0, 100) as u32,
+        max_ejection_time_ms: millis(o.max_ejection_time.as_ref()).unwrap_or(300_000),
     }
 }
 

@@ -571,7 +571,6 @@ const TRAFFIC_POLICY_UNSUPPORTED: &[&str] = &[
     "connectionPool.http.h2UpgradePolicy",
     "connectionPool.http.useClientProtocol",
     "connectionPool.http.maxConcurrentStreams",
-    "outlierDetection.maxEjectionTime",
     "outlierDetection.splitExternalLocalOriginErrors",
     "outlierDetection.consecutiveLocalOriginFailures",
     "outlierDetection.consecutiveErrors",

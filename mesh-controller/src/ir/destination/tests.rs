@@ -65,7 +65,7 @@ spec:
     connectionPool:
       tcp: {{maxConnections: 1}}
       http: {{http1MaxPendingRequests: 1, maxRequestsPerConnection: 1}}
-    outlierDetection: {{consecutive5xxErrors: 1, interval: 1s, baseEjectionTime: 3m, maxEjectionPercent: 100}}
+    outlierDetection: {{consecutive5xxErrors: 1, interval: 1s, baseEjectionTime: 3m, maxEjectionTime: 10m, maxEjectionPercent: 100}}
   subsets:
   - name: od-defaults
     trafficPolicy: {{outlierDetection: {{}}}}
@@ -92,6 +92,7 @@ spec:
             base_ejection_time_ms: 180_000,
             max_ejection_percent: 100,
             min_health_percent: 0,
+            max_ejection_time_ms: 600_000,
         })
     );
     let sub = p.subsets[0].traffic_policy.clone().unwrap();
@@ -104,6 +105,7 @@ spec:
             base_ejection_time_ms: 30_000,
             max_ejection_percent: 10,
             min_health_percent: 0,
+            max_ejection_time_ms: 300_000,
         }),
         "subset outlierDetection replaces the top-level one; Istio defaults"
     );
