@@ -745,6 +745,16 @@ fn request_matches_route_in_first_match_order() {
     route: [{destination: {host: backend, subset: v1}}]
     mirror: {host: backend, subset: v2}
     mirrorPercentage: {value: 100}
+  - name: cors
+    match: [{uri: {prefix: /cors}}]
+    corsPolicy:
+      allowOrigins: [{exact: "https://shop.example"}, {regex: "https://.*[.]dev[.]example"}]
+      allowMethods: [GET, POST]
+      allowHeaders: [x-token]
+      exposeHeaders: [x-trace]
+      maxAge: 1h
+      allowCredentials: true
+    route: [{destination: {host: backend, subset: v1}}]
 "#,
     ));
     wait_probe("client-a", &format!("{BACKEND}/"), "mirror");
@@ -783,6 +793,54 @@ fn request_matches_route_in_first_match_order() {
     assert_eq!(
         body["headers"]["x-routed-by"], "weft",
         "request header set: {body}"
+    );
+
+    // CORS: a preflight from an allowed origin is answered by the proxy; actual requests get the
+    // allow-origin / credentials / expose headers; another origin gets none.
+    let headers = |args: &[&str]| -> (String, String) {
+        let mut a = vec!["curl", "-s", "--max-time", "5", "-D", "-"];
+        a.extend_from_slice(args);
+        let url = format!("{BACKEND}/cors/x");
+        a.push(&url);
+        let (ok_, out) = try_exec_ns(NS, "client-a", &a);
+        assert!(ok_, "curl {a:?}: {out}");
+        let (head, body) = out.split_once("\r\n\r\n").unwrap_or((&out, ""));
+        (head.to_ascii_lowercase(), body.to_string())
+    };
+    let (head, body) = headers(&[
+        "-X",
+        "OPTIONS",
+        "-H",
+        "origin: https://shop.example",
+        "-H",
+        "access-control-request-method: POST",
+    ]);
+    assert!(head.starts_with("http/1.1 200"), "preflight: {head}");
+    for want in [
+        "access-control-allow-origin: https://shop.example",
+        "access-control-allow-methods: get,post",
+        "access-control-allow-headers: x-token",
+        "access-control-max-age: 3600",
+        "access-control-allow-credentials: true",
+    ] {
+        assert!(head.contains(want), "preflight lacks {want:?}: {head}");
+    }
+    assert!(
+        body.is_empty(),
+        "answered by the proxy, not the app: {body}"
+    );
+    let (head, body) = headers(&["-H", "origin: https://a.dev.example"]);
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    assert!(
+        head.contains("access-control-allow-origin: https://a.dev.example")
+            && head.contains("access-control-expose-headers: x-trace"),
+        "actual request from an allowed origin: {head}"
+    );
+    assert!(body.contains("backend-v1"), "reached the app: {body}");
+    let (head, _) = headers(&["-H", "origin: https://evil.example"]);
+    assert!(
+        head.starts_with("http/1.1 200") && !head.contains("access-control-"),
+        "other origin: no CORS headers: {head}"
     );
 }
 

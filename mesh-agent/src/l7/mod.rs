@@ -57,6 +57,7 @@
 //! - Weighted picks take the roll from the caller ([`weights::pick`]) so tests are deterministic;
 //!   [`weights::pick_random`] uses `fastrand`. Rolls are `u64` (a sum of `u32` weights can exceed
 //!   `u32`).
+pub mod cors;
 pub mod lb;
 pub mod limits;
 pub mod outlier;

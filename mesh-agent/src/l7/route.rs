@@ -9,6 +9,8 @@ use regex::Regex;
 use super::request::RequestInfo;
 use mesh_common::proto::config::string_match::Kind;
 
+use super::cors::CorsPolicy;
+
 /// A route table that failed to compile (the agent NACKs the update with this message).
 #[derive(Debug, thiserror::Error)]
 pub enum CompileError {
@@ -28,6 +30,13 @@ pub enum CompileError {
         pattern: String,
         #[source]
         source: Box<regex::Error>,
+    },
+    #[error("route table {table}: route {route}: {source}")]
+    Cors {
+        table: String,
+        route: String,
+        #[source]
+        source: super::cors::CorsError,
     },
     #[error(
         "route table {table}: tcp route {route}: match {block} destination_subnets: invalid subnet {subnet:?} (want an IP or IP/prefix)"
@@ -179,6 +188,7 @@ fn header_matches(h: &KeyCond, req: &RequestInfo) -> bool {
 struct Compiled {
     /// Empty = matches every request.
     blocks: Vec<Block>,
+    cors: Option<CorsPolicy>,
 }
 
 /// A proto `RouteTable` with its regexes compiled, ready for [`CompiledTable::select`].
@@ -211,7 +221,7 @@ struct Ctx<'a> {
 }
 
 impl Ctx<'_> {
-    fn err(&self, field: String, pattern: &str, e: regex::Error) -> CompileError {
+    fn route_label(&self) -> String {
         let mut route = format!("#{}", self.index);
         if !self.route.name.is_empty() {
             route.push_str(&format!(" {:?}", self.route.name));
@@ -219,9 +229,13 @@ impl Ctx<'_> {
         if let Some(o) = &self.route.origin {
             route.push_str(&format!(" ({} rule {})", o.object, o.rule));
         }
+        route
+    }
+
+    fn err(&self, field: String, pattern: &str, e: regex::Error) -> CompileError {
         CompileError::Regex {
             table: table_name(self.table),
-            route,
+            route: self.route_label(),
             block: self.block,
             field,
             pattern: pattern.to_string(),
@@ -310,7 +324,20 @@ impl CompiledTable {
                     .block(m)
                 })
                 .collect::<Result<Vec<_>, _>>()?;
-            routes.push(Compiled { blocks });
+            let cors = CorsPolicy::parse(&route.cors_policy_json).map_err(|source| {
+                let ctx = Ctx {
+                    table: &table,
+                    index,
+                    route,
+                    block: 0,
+                };
+                CompileError::Cors {
+                    table: table_name(&table),
+                    route: ctx.route_label(),
+                    source,
+                }
+            })?;
+            routes.push(Compiled { blocks, cors });
         }
         let mut tcp = Vec::with_capacity(table.tcp.len());
         for (index, route) in table.tcp.iter().enumerate() {
@@ -333,6 +360,11 @@ impl CompiledTable {
             tcp.push(blocks);
         }
         Ok(CompiledTable { table, routes, tcp })
+    }
+
+    /// The CORS policy of route `index` (from [`Selection::Route`]).
+    pub fn cors(&self, index: usize) -> Option<&CorsPolicy> {
+        self.routes.get(index).and_then(|c| c.cors.as_ref())
     }
 
     /// The table as received.

@@ -105,10 +105,7 @@ fn filters(list: &[HttpRouteFilter], field: &str, sink: &mut Sink<'_>) {
                 flt.url_rewrite.is_some()
             }
             "RequestMirror" => flt.request_mirror.is_some(),
-            "CORS" => {
-                sink.unsupported(f.clone(), "CORS filter");
-                flt.cors.is_some()
-            }
+            "CORS" => flt.cors.is_some(),
             "ExternalAuth" => {
                 sink.unsupported(f.clone(), "ExternalAuth filter");
                 flt.external_auth.is_some()

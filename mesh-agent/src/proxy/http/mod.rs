@@ -3,7 +3,8 @@
 //!
 //! 1. route selection over the service's compiled table ([`crate::l7`]): first match wins;
 //!    no table / no match → the whole service (VirtualService) or 404 `NR` (Gateway API);
-//! 2. the route's own answers: `direct_response`, `redirect`; fault injection (delay `DI`, then
+//! 2. the route's own answers: CORS preflights ([`crate::l7::cors`]), `direct_response`,
+//!    `redirect`; fault injection (delay `DI`, then
 //!    abort `FI`) before anything goes upstream;
 //! 3. a weighted destination, its DestinationRule subset (unknown → 503 `NC`) and the cluster's
 //!    effective traffic policy ([`cluster`]): connection-pool breaker (503 `UO` +
@@ -48,7 +49,7 @@ use tracing::{debug, info};
 
 use crate::{
     l7::{
-        RequestInfo, Selection, SubsetSelector, Unmatched,
+        RequestInfo, Selection, SubsetSelector, Unmatched, cors,
         retry::{AttemptOutcome, RetryOn, backoff},
     },
     metrics::HttpLabels,
@@ -132,6 +133,8 @@ struct Outcome {
     /// Held until the response body ends: the breaker permit and the endpoint's in-flight count
     /// (an HTTP/1.1 connection is busy until then).
     hold: Vec<Box<dyn std::any::Any + Send>>,
+    /// CORS headers for the response (an allowed origin's actual request).
+    cors: Vec<(HeaderName, HeaderValue)>,
 }
 
 impl Outcome {
@@ -172,17 +175,33 @@ async fn handle(conn: Arc<Conn>, req: Request<Incoming>) -> Response<Body> {
         flags: vec![],
         set_cookie: None,
         hold: vec![],
+        cors: vec![],
     };
     let info = RequestInfo::from_parts(&parts, conn.dst.port(), &src_ns, &src_labels);
     let table = mesh.routes(&conn.svc.hostname).cloned();
     let default_route;
-    let route: &HttpRoute = match table.as_ref().map(|t| t.select(&info)) {
-        Some(Selection::Route { route, .. }) => route,
-        Some(Selection::NoRoute(Unmatched::NotFound)) => {
+    let route: &HttpRoute = match table.as_ref().map(|t| (t, t.select(&info))) {
+        Some((t, Selection::Route { route, index })) => {
+            // CORS comes first (Istio's filter order): a preflight is answered here.
+            match t
+                .cors(index)
+                .map(|c| c.evaluate(&parts.method, &parts.headers))
+            {
+                Some(cors::Decision::Respond(headers)) => {
+                    let mut resp = Response::new(body::empty());
+                    resp.headers_mut().extend(headers);
+                    return finish_local(&conn, out, start, resp, grpc);
+                }
+                Some(cors::Decision::Forward(headers)) => out.cors = headers,
+                Some(cors::Decision::Pass) | None => {}
+            }
+            route
+        }
+        Some((_, Selection::NoRoute(Unmatched::NotFound))) => {
             out.flags.push("NR");
             return local(&conn, out, start, StatusCode::NOT_FOUND, "", grpc);
         }
-        None | Some(Selection::NoRoute(Unmatched::WholeService)) => {
+        None | Some((_, Selection::NoRoute(Unmatched::WholeService))) => {
             default_route = HttpRoute {
                 destinations: vec![WeightedDestination {
                     host: conn.svc.hostname.clone(),
@@ -753,6 +772,7 @@ fn proxied(
     {
         parts.headers.append(http::header::SET_COOKIE, v);
     }
+    parts.headers.extend(std::mem::take(&mut out.cors));
     let head_grpc = body::grpc_status(&parts.headers);
     out.labels.response_code = status.as_u16().to_string();
     let metrics = conn.pod.metrics.clone();
@@ -848,9 +868,10 @@ fn finish_local(
     conn: &Conn,
     mut out: Outcome,
     start: Instant,
-    resp: Response<Body>,
+    mut resp: Response<Body>,
     grpc: bool,
 ) -> Response<Body> {
+    resp.headers_mut().extend(std::mem::take(&mut out.cors));
     let code = resp
         .extensions()
         .get::<LocalStatus>()
