@@ -292,7 +292,13 @@ mod tests {
                 &[("origin", o), ("access-control-request-method", "POST")],
             )
         };
-        let cases: Vec<(&str, (Method, HeaderMap), &str, Vec<(&str, &str)>)> = vec![
+        type Case = (
+            &'static str,
+            (Method, HeaderMap),
+            &'static str,
+            Vec<(&'static str, &'static str)>,
+        );
+        let cases: Vec<Case> = vec![
             ("no origin: not CORS", req("GET", &[]), "pass", vec![]),
             (
                 "exact origin, actual request",
