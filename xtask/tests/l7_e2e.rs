@@ -794,6 +794,19 @@ fn request_matches_route_in_first_match_order() {
         body["headers"]["x-routed-by"], "weft",
         "request header set: {body}"
     );
+    // Paths are normalised before matching (Istio's default): /x/../old/page takes the /old route.
+    let url = format!("{BACKEND}/x/%2e%2e/old/page");
+    let (ok_, out) = try_exec_ns(
+        NS,
+        "client-a",
+        &["curl", "-sf", "--max-time", "5", "--path-as-is", &url],
+    );
+    assert!(ok_, "{url}: {out}");
+    let body: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        body["path"], "/new/page",
+        "normalised, then rewritten: {body}"
+    );
 
     // CORS: a preflight from an allowed origin is answered by the proxy; actual requests get the
     // allow-origin / credentials / expose headers; another origin gets none.

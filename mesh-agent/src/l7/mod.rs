@@ -61,6 +61,7 @@ pub mod cors;
 pub mod lb;
 pub mod limits;
 pub mod outlier;
+pub mod path;
 pub mod request;
 pub mod retry;
 pub mod route;

@@ -169,6 +169,7 @@ async fn handle(conn: Arc<Conn>, req: Request<Incoming>) -> Response<Body> {
         );
     }
     continue_trace(&mut parts.headers);
+    normalize_path(&mut parts.uri);
     let request_bytes_head = head_size(&parts.headers);
     let mut out = Outcome {
         labels: source_labels(&conn, &src_labels, grpc),
@@ -1222,6 +1223,26 @@ fn rewrite(
     }
 }
 
+/// Istio's default path normalisation (see [`crate::l7::path`]), before routing; the query is
+/// kept as sent.
+fn normalize_path(uri: &mut http::Uri) {
+    let std::borrow::Cow::Owned(path) = crate::l7::path::normalize(uri.path()) else {
+        return;
+    };
+    let pq = match uri.query() {
+        Some(q) => format!("{path}?{q}"),
+        None => path,
+    };
+    let Ok(pq) = http::uri::PathAndQuery::try_from(pq) else {
+        return;
+    };
+    let mut parts = uri.clone().into_parts();
+    parts.path_and_query = Some(pq);
+    if let Ok(u) = http::Uri::from_parts(parts) {
+        *uri = u;
+    }
+}
+
 /// The `Location` of a redirect route.
 fn redirect_location(
     r: &mesh_common::proto::config::Redirect,
@@ -1396,6 +1417,19 @@ mod tests {
         );
         assert_eq!(parts.uri.to_string(), "/y?a=1");
         assert_eq!(parts.headers["host"], "other:9");
+    }
+
+    #[test]
+    fn paths_normalised_before_routing_query_kept() {
+        for (input, want) in [
+            ("/public/../admin?x=/../y", "/admin?x=/../y"),
+            ("http://svc:8080/a/./b", "http://svc:8080/a/b"),
+            ("/plain?q=1", "/plain?q=1"),
+        ] {
+            let mut uri: http::Uri = input.parse().unwrap();
+            normalize_path(&mut uri);
+            assert_eq!(uri.to_string(), want, "{input}");
+        }
     }
 
     #[test]
