@@ -122,8 +122,8 @@ pub fn grpc_status(h: &http::HeaderMap) -> Option<u32> {
 
 /// A request body kept for replays (retries), or streamed once.
 pub enum ReqBody {
-    /// Fully read (no body, or a body no larger than the buffer limit).
-    Buffered(Bytes),
+    /// Fully read (no body, or a body no larger than the buffer limit), with its trailers.
+    Buffered(Bytes, Option<http::HeaderMap>),
     /// Too large or unknown size: sent once, never retried.
     Streaming(Body),
 }
@@ -132,26 +132,56 @@ impl ReqBody {
     /// Takes the body for one attempt.
     pub fn attempt(&mut self) -> Option<Body> {
         match self {
-            ReqBody::Buffered(b) => Some(if b.is_empty() {
+            ReqBody::Buffered(b, Some(t)) => Some(boxed(Replay {
+                data: (!b.is_empty()).then(|| b.clone()),
+                trailers: Some(t.clone()),
+            })),
+            ReqBody::Buffered(b, None) => Some(if b.is_empty() {
                 empty()
             } else {
                 full(b.clone())
             }),
-            ReqBody::Streaming(_) => match std::mem::replace(self, ReqBody::Buffered(Bytes::new()))
-            {
-                ReqBody::Streaming(s) => Some(s),
-                ReqBody::Buffered(_) => None,
-            },
+            ReqBody::Streaming(_) => {
+                match std::mem::replace(self, ReqBody::Buffered(Bytes::new(), None)) {
+                    ReqBody::Streaming(s) => Some(s),
+                    ReqBody::Buffered(..) => None,
+                }
+            }
         }
     }
 
     pub fn replayable(&self) -> bool {
-        matches!(self, ReqBody::Buffered(_))
+        matches!(self, ReqBody::Buffered(..))
+    }
+}
+
+/// A buffered body with trailers, replayed: the data, then the trailers.
+struct Replay {
+    data: Option<Bytes>,
+    trailers: Option<http::HeaderMap>,
+}
+
+impl http_body::Body for Replay {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        if let Some(d) = self.data.take() {
+            return Poll::Ready(Some(Ok(Frame::data(d))));
+        }
+        Poll::Ready(self.trailers.take().map(|t| Ok(Frame::trailers(t))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.data.is_none() && self.trailers.is_none()
     }
 }
 
 /// Reads `body` into memory up to `limit` bytes: a body that ends within the limit is kept for
-/// replays (its trailers are dropped; request trailers are rare outside gRPC streaming), a longer
+/// replays (with its trailers), a longer
 /// one is streamed on (what was read first, then the rest) and never retried. Returns the body and
 /// the number of bytes buffered.
 pub async fn buffer(
@@ -162,12 +192,12 @@ pub async fn buffer(
     loop {
         if body.is_end_stream() {
             let len = buf.len() as u64;
-            return Ok((ReqBody::Buffered(buf.freeze()), len));
+            return Ok((ReqBody::Buffered(buf.freeze(), None), len));
         }
         match body.frame().await {
             None => {
                 let len = buf.len() as u64;
-                return Ok((ReqBody::Buffered(buf.freeze()), len));
+                return Ok((ReqBody::Buffered(buf.freeze(), None), len));
             }
             Some(Err(e)) => return Err(e),
             Some(Ok(f)) => match f.into_data() {
@@ -183,11 +213,13 @@ pub async fn buffer(
                         ));
                     }
                 }
-                Err(trailers) => {
+                Err(frame) => {
                     // Trailers end the body.
-                    let _ = trailers;
                     let len = buf.len() as u64;
-                    return Ok((ReqBody::Buffered(buf.freeze()), len));
+                    return Ok((
+                        ReqBody::Buffered(buf.freeze(), frame.into_trailers().ok()),
+                        len,
+                    ));
                 }
             },
         }
@@ -216,5 +248,30 @@ impl http_body::Body for Prefixed {
 
     fn is_end_stream(&self) -> bool {
         self.prefix.is_none() && self.rest.is_end_stream()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[tokio::test]
+    async fn buffered_bodies_replay_with_their_trailers() {
+        let mut t = http::HeaderMap::new();
+        t.insert("grpc-timeout", http::HeaderValue::from_static("1S"));
+        for (data, trailers) in [
+            (Bytes::from_static(b"hello"), Some(t.clone())),
+            (Bytes::new(), Some(t.clone())),
+            (Bytes::from_static(b"hello"), None),
+        ] {
+            let mut body = ReqBody::Buffered(data.clone(), trailers.clone());
+            for attempt in 0..2 {
+                let got = body.attempt().unwrap().collect().await.unwrap();
+                assert_eq!(got.trailers(), trailers.as_ref(), "attempt {attempt}");
+                assert_eq!(got.to_bytes(), data, "attempt {attempt}");
+            }
+            assert!(body.replayable());
+        }
     }
 }

@@ -360,7 +360,7 @@ async fn handle(conn: Arc<Conn>, req: Request<Incoming>) -> Response<Body> {
         // The body is already read: the upstream must not wait for a 100-continue of its own.
         parts.headers.remove(http::header::EXPECT);
     }
-    if let (Some(m), ReqBody::Buffered(b)) = (mirror, &req_body) {
+    if let (Some(m), ReqBody::Buffered(b, _)) = (mirror, &req_body) {
         shadow(&conn, &mesh, m, &parts, b.clone(), h2);
     }
     let limits = cluster.limits().clone();
