@@ -1508,4 +1508,30 @@ fn telemetry_matches_the_client() {
             .is_empty(),
         "x-request-id generated: {echo}"
     );
+
+    // A client that gives up before the response head is reported as Envoy does: code 0, DC.
+    let dc = [
+        ("reporter", "source"),
+        ("destination_service_name", "backend"),
+        ("response_code", "0"),
+        ("response_flags", "DC"),
+    ];
+    let base = metric(&["node-a"], REQUESTS, &dc);
+    let (ok_, out) = try_exec_ns(
+        NS,
+        "client-a",
+        &[
+            "curl",
+            "-s",
+            "--max-time",
+            "0.5",
+            &format!("{BACKEND}/?delay=2000"),
+        ],
+    );
+    assert!(!ok_, "curl gave up: {out}");
+    assert_eq!(
+        metric_growth(&["node-a"], REQUESTS, &dc, base, 1.0),
+        1.0,
+        "one DC request reported"
+    );
 }

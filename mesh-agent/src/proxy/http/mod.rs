@@ -147,7 +147,42 @@ impl Outcome {
     }
 }
 
+/// Reports a request whose client went away before its response head (hyper drops the handler):
+/// `response_code="0"`, flag `DC`, as Envoy does.
+struct Disconnect {
+    metrics: Arc<crate::metrics::Metrics>,
+    start: Instant,
+    /// The request's labels so far; `None` once a response is handed back.
+    labels: Option<HttpLabels>,
+}
+
+impl Drop for Disconnect {
+    fn drop(&mut self) {
+        if let Some(mut l) = self.labels.take() {
+            l.response_code = "0".into();
+            l.response_flags = "DC".into();
+            let ms = self.start.elapsed().as_secs_f64() * 1000.0;
+            self.metrics.request(&l, ms, 0, 0);
+        }
+    }
+}
+
 async fn handle(conn: Arc<Conn>, req: Request<Incoming>) -> Response<Body> {
+    let mut dc = Disconnect {
+        metrics: conn.pod.metrics.clone(),
+        start: Instant::now(),
+        labels: None,
+    };
+    let resp = route_request(conn, req, &mut dc.labels).await;
+    dc.labels = None;
+    resp
+}
+
+async fn route_request(
+    conn: Arc<Conn>,
+    req: Request<Incoming>,
+    dc: &mut Option<HttpLabels>,
+) -> Response<Body> {
     let start = Instant::now();
     let mesh = conn.t.mesh.load();
     let (mut parts, body) = req.into_parts();
@@ -178,6 +213,7 @@ async fn handle(conn: Arc<Conn>, req: Request<Incoming>) -> Response<Body> {
         hold: vec![],
         cors: vec![],
     };
+    *dc = Some(out.labels.clone());
     let info = RequestInfo::from_parts(&parts, conn.dst.port(), &src_ns, &src_labels);
     let table = mesh.routes(&conn.svc.hostname).cloned();
     let default_route;
@@ -459,6 +495,7 @@ async fn handle(conn: Arc<Conn>, req: Request<Incoming>) -> Response<Body> {
         let addr = addrs[i];
         tried.push(addr);
         set_destination(&mut out.labels, &mesh, ep_info);
+        *dc = Some(out.labels.clone());
         let ep = Endpoint {
             addr,
             hbone: ep_info.mesh.then(|| ep_info.identity.clone()),
