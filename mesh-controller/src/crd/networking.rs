@@ -72,9 +72,9 @@ pub struct HttpRoute {
     pub fault: Option<HttpFaultInjection>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub mirror: Option<Destination>,
-    /// Not supported by Weft yet.
+    /// Several mirrors, each with its own percentage (default 100).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub mirrors: Vec<Opaque>,
+    pub mirrors: Vec<HttpMirrorPolicy>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub mirror_percentage: Option<Percent>,
     /// Deprecated integer form of `mirrorPercentage`; not supported by Weft.
@@ -159,6 +159,15 @@ pub struct HttpRouteDestination {
     pub weight: Option<i32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub headers: Option<Headers>,
+}
+
+/// `mirrors[]`: `{destination, percentage}`.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct HttpMirrorPolicy {
+    pub destination: Destination,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub percentage: Option<Percent>,
 }
 
 /// `destination{host, subset, port}`.

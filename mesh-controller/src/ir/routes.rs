@@ -237,6 +237,16 @@ pub fn vs_http_route(r: &VsHttpRoute, ns: &str, origin: &str, index: usize) -> O
                 .map(|p| p.value)
                 .unwrap_or(100.0),
         }),
+        mirrors: r
+            .mirrors
+            .iter()
+            .map(|m| Mirror {
+                host: resolve_host(&m.destination.host, ns),
+                subset: m.destination.subset.clone().unwrap_or_default(),
+                port: m.destination.port.as_ref().map(|p| p.number).unwrap_or(0),
+                percentage: m.percentage.as_ref().map(|p| p.value).unwrap_or(100.0),
+            })
+            .collect(),
         timeout_ms: millis(r.timeout.as_ref()),
         retries: Some(retry_policy(r.retries.as_ref())),
         fault: r.fault.as_ref().map(|f| Fault {
@@ -822,7 +832,7 @@ fn gw_actions(
                 })
             }
             "RequestMirror" => {
-                route.mirror = f.request_mirror.as_ref().and_then(|m| {
+                let mirror = f.request_mirror.as_ref().and_then(|m| {
                     let b = &m.backend_ref;
                     if !is_service_backend(b.group.as_deref(), b.kind.as_deref()) {
                         return None;
@@ -841,7 +851,15 @@ fn gw_actions(
                         port: b.port.and_then(|p| u32::try_from(p).ok()).unwrap_or(0),
                         percentage,
                     })
-                })
+                });
+                if let Some(m) = mirror {
+                    // Gateway API allows several RequestMirror filters: all of them mirror.
+                    if route.mirror.is_none() {
+                        route.mirror = Some(m);
+                    } else {
+                        route.mirrors.push(m);
+                    }
+                }
             }
             "CORS" => route.cors_policy_json = opaque_json(f.cors.as_ref()),
             _ => {}

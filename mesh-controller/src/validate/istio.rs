@@ -130,7 +130,7 @@ fn check_percent(p: &Option<Percent>, field: String, sink: &mut Sink<'_>) {
     }
 }
 
-/// Reports every present field matching one of `patterns` (`http[].mirrors`, relative to
+/// Reports every present field matching one of `patterns` (`http[].delegate`, relative to
 /// `spec`; `[]` iterates an array) as not supported.
 pub(crate) fn report_unsupported<T: Serialize>(spec: &T, patterns: &[&str], sink: &mut Sink<'_>) {
     let Ok(value) = serde_json::to_value(spec) else {
@@ -195,7 +195,6 @@ const VS_UNSUPPORTED: &[&str] = &[
     "tls",
     "exportTo",
     "http[].delegate",
-    "http[].mirrors",
     "http[].mirrorPercent",
     "http[].rewrite.uriRegexRewrite",
     "http[].retries.retryRemoteLocalities",

@@ -298,23 +298,23 @@ fn infos_for_unsupported_fields_and_disable() {
     let (main, all) = run(&format!(
         "{}\n---\napiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {{name: p, namespace: demo}}\nspec:\n  mtls: {{mode: DISABLE}}\n",
         vs(
-            "  - route:\n    - {destination: {host: reviews}}\n    corsPolicy: {allowOrigins: [{exact: \"https://a\"}]}\n    mirror: {host: ratings}\n    mirrors: [{destination: {host: ratings}}]\n"
+            "  - route:\n    - {destination: {host: reviews}}\n    corsPolicy: {allowOrigins: [{exact: \"https://a\"}]}\n    mirror: {host: ratings}\n    mirrors: [{destination: {host: ratings}}]\n    mirrorPercent: 5\n"
         )
     ));
     assert!(main.is_empty(), "{all:#?}");
     let infos: Vec<String> = all.iter().map(ToString::to_string).collect();
     assert!(
         infos.contains(
-            &"Info [WEFT0001] (VirtualService demo/reviews) spec.http[0].mirrors: not supported by Weft yet; the field is kept but not enforced"
+            &"Info [WEFT0001] (VirtualService demo/reviews) spec.http[0].mirrorPercent: not supported by Weft yet; the field is kept but not enforced"
                 .to_string()
         ),
         "{infos:#?}"
     );
     assert!(
-        !infos
-            .iter()
-            .any(|s| s.contains("spec.http[0].mirror:") || s.contains("corsPolicy")),
-        "mirror and corsPolicy are enforced: {infos:#?}"
+        !infos.iter().any(|s| s.contains("spec.http[0].mirror:")
+            || s.contains("mirrors")
+            || s.contains("corsPolicy")),
+        "mirror, mirrors and corsPolicy are enforced: {infos:#?}"
     );
     assert!(infos.iter().any(|s| s.starts_with("Info [WEFT0002] (PeerAuthentication demo/p) spec.mtls.mode: mTLS mode DISABLE is not supported by Weft (treated as PERMISSIVE")));
 }

@@ -376,11 +376,14 @@ async fn route_request(
         debug!(route = %route.name, ?unknown, "ignoring unknown retryOn tokens");
     }
     let attempts_allowed = if upgrade { 0 } else { retries.attempts };
-    let mirror = route
+    // Every mirror is sampled on its own.
+    let mirrors: Vec<&mesh_common::proto::config::Mirror> = route
         .mirror
-        .as_ref()
-        .filter(|m| !upgrade && roll_percent(m.percentage));
-    let (mut req_body, buffered) = if attempts_allowed > 0 || mirror.is_some() {
+        .iter()
+        .chain(&route.mirrors)
+        .filter(|m| !upgrade && roll_percent(m.percentage))
+        .collect();
+    let (mut req_body, buffered) = if attempts_allowed > 0 || !mirrors.is_empty() {
         match body::buffer(body, REPLAY_LIMIT).await {
             Ok(b) => b,
             Err(e) => {
@@ -396,8 +399,10 @@ async fn route_request(
         // The body is already read: the upstream must not wait for a 100-continue of its own.
         parts.headers.remove(http::header::EXPECT);
     }
-    if let (Some(m), ReqBody::Buffered(b, _)) = (mirror, &req_body) {
-        shadow(&conn, &mesh, m, &parts, b.clone(), h2);
+    if let ReqBody::Buffered(b, _) = &req_body {
+        for m in mirrors {
+            shadow(&conn, &mesh, m, &parts, b.clone(), h2);
+        }
     }
     let limits = cluster.limits().clone();
     let settings = ConnSettings {

@@ -333,6 +333,10 @@ fn rewrite_redirect_direct_response_headers_mirror() {
       response: {{add: {{x-c: '2'}}}}
     mirror: {{host: ratings, subset: v2}}
     mirrorPercentage: {{value: 5}}
+    mirrors:
+    - destination: {{host: details, port: {{number: 9080}}}}
+    - destination: {{host: ratings}}
+      percentage: {{value: 20}}
     corsPolicy: {{allowOrigins: [{{exact: 'https://a'}}]}}
     route:
     - destination: {{host: reviews}}
@@ -370,6 +374,19 @@ fn rewrite_redirect_direct_response_headers_mirror() {
     assert_eq!(
         (m.host.as_str(), m.subset.as_str(), m.percentage),
         ("ratings.demo.svc.cluster.local", "v2", 5.0)
+    );
+    let more: Vec<(&str, u32, f64)> = r
+        .mirrors
+        .iter()
+        .map(|m| (m.host.as_str(), m.port, m.percentage))
+        .collect();
+    assert_eq!(
+        more,
+        vec![
+            ("details.demo.svc.cluster.local", 9080, 100.0),
+            ("ratings.demo.svc.cluster.local", 0, 20.0)
+        ],
+        "mirrors: each its own percentage, default 100"
     );
     assert!(r.cors_policy_json.contains("allowOrigins"));
 }
@@ -522,6 +539,8 @@ spec:
     - {{name: reviews-v3, port: 9080}}
     filters:
     - {{type: URLRewrite, urlRewrite: {{path: {{type: ReplacePrefixMatch, replacePrefixMatch: /v2}}}}}}
+    - {{type: RequestMirror, requestMirror: {{backendRef: {{name: shadow-a, port: 9080}}}}}}
+    - {{type: RequestMirror, requestMirror: {{backendRef: {{name: shadow-b, port: 9080}}, percent: 25}}}}
     timeouts: {{request: 3s, backendRequest: 1s}}
   - matches: [{{path: {{type: Exact, value: /r}}}}]
     filters: [{{type: RequestRedirect, requestRedirect: {{hostname: b.example}}}}]
@@ -540,6 +559,20 @@ spec:
         "no backends → 500"
     );
     let r = &t.http[2];
+    let mirrors: Vec<(&str, f64)> = r
+        .mirror
+        .iter()
+        .chain(&r.mirrors)
+        .map(|m| (m.host.as_str(), m.percentage))
+        .collect();
+    assert_eq!(
+        mirrors,
+        [
+            ("shadow-a.demo.svc.cluster.local", 100.0),
+            ("shadow-b.demo.svc.cluster.local", 25.0)
+        ],
+        "two RequestMirror filters: both mirror"
+    );
     assert_eq!(r.matches[0].uri, prefix("/"), "no matches = PathPrefix /");
     assert_eq!(
         r.matches[0].port, 9080,
