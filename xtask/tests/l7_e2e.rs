@@ -745,6 +745,11 @@ fn request_matches_route_in_first_match_order() {
     route: [{destination: {host: backend, subset: v1}}]
     mirror: {host: backend, subset: v2}
     mirrorPercentage: {value: 100}
+  - name: regex-rewrite
+    match: [{uri: {prefix: /service/}}]
+    rewrite:
+      uriRegexRewrite: {match: '^/service/([^/]+)(/.*)$', rewrite: '\2/instance/\1'}
+    route: [{destination: {host: backend, subset: v1}}]
   - name: cors
     match: [{uri: {prefix: /cors}}]
     corsPolicy:
@@ -793,6 +798,13 @@ fn request_matches_route_in_first_match_order() {
     assert_eq!(
         body["headers"]["x-routed-by"], "weft",
         "request header set: {body}"
+    );
+    // uriRegexRewrite: capture groups moved around, the query kept (Envoy's documented example).
+    let body = curl(NS, "client-a", &format!("{BACKEND}/service/foo/v1/api?q=2"));
+    assert_eq!(
+        (body["path"].as_str(), body["query"].as_str()),
+        (Some("/v1/api/instance/foo"), Some("q=2")),
+        "regex rewrite: {body}"
     );
     // Paths are normalised before matching (Istio's default): /x/../old/page takes the /old route.
     let url = format!("{BACKEND}/x/%2e%2e/old/page");

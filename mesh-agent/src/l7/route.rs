@@ -39,6 +39,16 @@ pub enum CompileError {
         source: super::cors::CorsError,
     },
     #[error(
+        "route table {table}: route {route}: rewrite regex_match: invalid regex {pattern:?}: {source}"
+    )]
+    RewriteRegex {
+        table: String,
+        route: String,
+        pattern: String,
+        #[source]
+        source: Box<regex::Error>,
+    },
+    #[error(
         "route table {table}: tcp route {route}: match {block} destination_subnets: invalid subnet {subnet:?} (want an IP or IP/prefix)"
     )]
     Subnet {
@@ -189,6 +199,24 @@ struct Compiled {
     /// Empty = matches every request.
     blocks: Vec<Block>,
     cors: Option<CorsPolicy>,
+    regex_rewrite: Option<RegexRewrite>,
+}
+
+/// Istio `rewrite.uriRegexRewrite` (Envoy `regex_rewrite`): every match of the pattern in the
+/// path is replaced by the substitution (regex crate syntax, translated by the controller).
+#[derive(Debug)]
+pub struct RegexRewrite {
+    pattern: Regex,
+    substitution: String,
+}
+
+impl RegexRewrite {
+    /// The rewritten path (the query is not part of `path`).
+    pub fn apply(&self, path: &str) -> String {
+        self.pattern
+            .replace_all(path, self.substitution.as_str())
+            .into_owned()
+    }
 }
 
 /// A proto `RouteTable` with its regexes compiled, ready for [`CompiledTable::select`].
@@ -337,7 +365,31 @@ impl CompiledTable {
                     source,
                 }
             })?;
-            routes.push(Compiled { blocks, cors });
+            let regex_rewrite = match route.rewrite.as_ref() {
+                Some(rw) if !rw.regex_match.is_empty() => Some(RegexRewrite {
+                    pattern: Regex::new(&rw.regex_match).map_err(|e| {
+                        let ctx = Ctx {
+                            table: &table,
+                            index,
+                            route,
+                            block: 0,
+                        };
+                        CompileError::RewriteRegex {
+                            table: table_name(&table),
+                            route: ctx.route_label(),
+                            pattern: rw.regex_match.clone(),
+                            source: Box::new(e),
+                        }
+                    })?,
+                    substitution: rw.regex_substitution.clone(),
+                }),
+                _ => None,
+            };
+            routes.push(Compiled {
+                blocks,
+                cors,
+                regex_rewrite,
+            });
         }
         let mut tcp = Vec::with_capacity(table.tcp.len());
         for (index, route) in table.tcp.iter().enumerate() {
@@ -365,6 +417,13 @@ impl CompiledTable {
     /// The CORS policy of route `index` (from [`Selection::Route`]).
     pub fn cors(&self, index: usize) -> Option<&CorsPolicy> {
         self.routes.get(index).and_then(|c| c.cors.as_ref())
+    }
+
+    /// The `uriRegexRewrite` of route `index` (from [`Selection::Route`]).
+    pub fn regex_rewrite(&self, index: usize) -> Option<&RegexRewrite> {
+        self.routes
+            .get(index)
+            .and_then(|c| c.regex_rewrite.as_ref())
     }
 
     /// The table as received.
@@ -1120,6 +1179,53 @@ mod tests {
             e.to_string(),
             "route table db.default.svc.cluster.local: tcp route #0: match 0 \
              destination_subnets: invalid subnet \"10.0.0.0/40\" (want an IP or IP/prefix)"
+        );
+    }
+
+    #[test]
+    fn regex_rewrites_replace_every_match() {
+        let rw = |pattern: &str, substitution: &str| HttpRoute {
+            rewrite: Some(mesh_common::proto::config::Rewrite {
+                regex_match: pattern.into(),
+                regex_substitution: substitution.into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        // (pattern, substitution in regex-crate syntax, path, want) — Envoy's documented examples.
+        let cases = [
+            (
+                "^/service/([^/]+)(/.*)$",
+                "${2}/instance/${1}",
+                "/service/foo/v1/api",
+                "/v1/api/instance/foo",
+            ),
+            ("one", "two", "/xxx/one/yyy/one/zzz", "/xxx/two/yyy/two/zzz"),
+            ("(?i)/xxx/", "/yyy/", "/aaa/XxX/bbb", "/aaa/yyy/bbb"),
+            ("^/no-match$", "/x", "/kept", "/kept"),
+            ("/a", "$$/", "/a/b", "$//b"),
+        ];
+        for (pattern, substitution, path, want) in cases {
+            let t = table(false, vec![rw(pattern, substitution)]);
+            let r = t.regex_rewrite(0).expect("compiled");
+            assert_eq!(r.apply(path), want, "{pattern} {substitution} {path}");
+        }
+        assert!(
+            table(false, vec![HttpRoute::default()])
+                .regex_rewrite(0)
+                .is_none()
+        );
+        let e = CompiledTable::new(RouteTable {
+            host: "reviews.default.svc.cluster.local".into(),
+            http: vec![rw("(", "x")],
+            ..Default::default()
+        })
+        .expect_err("bad regex");
+        assert!(
+            e.to_string().starts_with(
+                "route table reviews.default.svc.cluster.local: route #0: rewrite regex_match: invalid regex \"(\""
+            ),
+            "{e}"
         );
     }
 }

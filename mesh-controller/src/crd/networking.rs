@@ -77,9 +77,10 @@ pub struct HttpRoute {
     pub mirrors: Vec<HttpMirrorPolicy>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub mirror_percentage: Option<Percent>,
-    /// Deprecated integer form of `mirrorPercentage`; not supported by Weft.
+    /// Deprecated integer form of `mirrorPercentage` (used when `mirrorPercentage` is unset).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub mirror_percent: Option<Opaque>,
+    #[schemars(range(max = 100))]
+    pub mirror_percent: Option<u32>,
     /// Not supported by Weft yet.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cors_policy: Option<Opaque>,
@@ -253,9 +254,19 @@ pub struct HttpRewrite {
     pub uri: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub authority: Option<String>,
-    /// Not supported by Weft yet.
+    /// Rewrites every match of an RE2 regex in the path (Envoy `regex_rewrite`).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub uri_regex_rewrite: Option<Opaque>,
+    pub uri_regex_rewrite: Option<RegexRewrite>,
+}
+
+/// `rewrite.uriRegexRewrite`: `match` (RE2) and `rewrite` (`\1`… name capture groups).
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct RegexRewrite {
+    #[serde(rename = "match", skip_serializing_if = "Option::is_none")]
+    pub match_: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rewrite: Option<String>,
 }
 
 /// `retries`. Unset on a route = Istio's default (2 attempts, no retriable status codes).
@@ -272,12 +283,13 @@ pub struct HttpRetry {
     /// Not supported by Weft yet.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub retry_remote_localities: Option<Opaque>,
-    /// Not supported by Weft yet.
+    /// Whether retries avoid hosts already tried (default true).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub retry_ignore_previous_hosts: Option<Opaque>,
-    /// Not supported by Weft yet.
+    pub retry_ignore_previous_hosts: Option<bool>,
+    /// Base interval of the jittered exponential back-off between retries (default 25ms;
+    /// the cap is 10x).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub backoff: Option<Opaque>,
+    pub backoff: Option<GoDuration>,
 }
 
 /// `fault{delay, abort}`: at least one is required.
@@ -298,9 +310,10 @@ pub struct FaultDelay {
     pub fixed_delay: Option<GoDuration>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub percentage: Option<Percent>,
-    /// Deprecated integer percentage; not supported by Weft (use `percentage`).
+    /// Deprecated integer percentage (used when `percentage` is unset).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub percent: Option<Opaque>,
+    #[schemars(range(min = 0, max = 100))]
+    pub percent: Option<i32>,
     /// Not supported by Weft (Istio does not implement it either).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub exponential_delay: Option<Opaque>,

@@ -199,10 +199,19 @@ pub fn vs_http_route(r: &VsHttpRoute, ns: &str, origin: &str, index: usize) -> O
                 }
             })
             .collect(),
-        rewrite: r.rewrite.as_ref().map(|rw| Rewrite {
-            uri: rw.uri.clone().unwrap_or_default(),
-            full_path: String::new(),
-            authority: rw.authority.clone().unwrap_or_default(),
+        rewrite: r.rewrite.as_ref().map(|rw| {
+            let regex = rw.uri_regex_rewrite.as_ref();
+            Rewrite {
+                uri: rw.uri.clone().unwrap_or_default(),
+                full_path: String::new(),
+                authority: rw.authority.clone().unwrap_or_default(),
+                regex_match: regex.and_then(|x| x.match_.clone()).unwrap_or_default(),
+                // Validated before compiling; an unusable one here leaves the path alone.
+                regex_substitution: regex
+                    .and_then(|x| x.rewrite.as_deref())
+                    .and_then(|s| regex_substitution(s).ok())
+                    .unwrap_or_default(),
+            }
         }),
         redirect: r.redirect.as_ref().map(|rd| Redirect {
             path: rd.uri.clone().unwrap_or_default(),
@@ -231,11 +240,12 @@ pub fn vs_http_route(r: &VsHttpRoute, ns: &str, origin: &str, index: usize) -> O
             host: resolve_host(&m.host, ns),
             subset: m.subset.clone().unwrap_or_default(),
             port: m.port.as_ref().map(|p| p.number).unwrap_or(0),
-            percentage: r
-                .mirror_percentage
-                .as_ref()
-                .map(|p| p.value)
-                .unwrap_or(100.0),
+            // Istio: `mirrorPercentage` wins over the deprecated `mirrorPercent`; neither = 100 %.
+            percentage: match (&r.mirror_percentage, r.mirror_percent) {
+                (Some(p), _) => p.value.clamp(0.0, 100.0),
+                (None, Some(p)) => f64::from(p.min(100)),
+                (None, None) => 100.0,
+            },
         }),
         mirrors: r
             .mirrors
@@ -252,7 +262,10 @@ pub fn vs_http_route(r: &VsHttpRoute, ns: &str, origin: &str, index: usize) -> O
         fault: r.fault.as_ref().map(|f| Fault {
             delay: f.delay.as_ref().map(|d| FaultDelay {
                 fixed_delay_ms: millis(d.fixed_delay.as_ref()).unwrap_or(0),
-                percentage: fault_percent(d.percentage.as_ref()),
+                percentage: match (&d.percentage, d.percent) {
+                    (None, Some(p)) => f64::from(p.clamp(0, 100)),
+                    (p, _) => fault_percent(p.as_ref()),
+                },
             }),
             abort: f.abort.as_ref().map(|a| FaultAbort {
                 status: match (a.http_status, &a.grpc_status) {
@@ -275,6 +288,35 @@ pub fn istio_weight(weight: Option<i32>, single: bool) -> u32 {
     } else {
         weight.unwrap_or(0).max(0) as u32
     }
+}
+
+/// Translates an RE2 rewrite string (Envoy `regex_rewrite.substitution`: `\N` = capture group
+/// N, `\\` = a backslash, any other escape is invalid) into the regex crate's replacement syntax
+/// (`${N}`, with `$` escaped as `$$`).
+pub fn regex_substitution(re2: &str) -> Result<String, String> {
+    let mut out = String::with_capacity(re2.len() + 8);
+    let mut chars = re2.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '$' => out.push_str("$$"),
+            '\\' => match chars.next() {
+                Some(d) if d.is_ascii_digit() => {
+                    out.push_str("${");
+                    out.push(d);
+                    out.push('}');
+                }
+                Some('\\') => out.push('\\'),
+                Some(other) => {
+                    return Err(format!(
+                        "invalid rewrite {re2:?}: \\{other} is not a capture group (use \\0-\\9 or \\\\)"
+                    ));
+                }
+                None => return Err(format!("invalid rewrite {re2:?}: trailing backslash")),
+            },
+            c => out.push(c),
+        }
+    }
+    Ok(out)
 }
 
 /// Istio fault percentage: unset = 0% ("If left unspecified, no request will be delayed").
@@ -303,6 +345,7 @@ pub fn retry_policy(r: Option<&HttpRetry>) -> RetryPolicy {
         retriable_status_codes: vec![],
         per_try_timeout_ms: None,
         backoff_base_ms: RETRY_BACKOFF_BASE_MS,
+        reuse_previous_hosts: false,
     };
     let Some(r) = r else {
         return out;
@@ -329,6 +372,10 @@ pub fn retry_policy(r: Option<&HttpRetry>) -> RetryPolicy {
         }
     }
     out.per_try_timeout_ms = millis(r.per_try_timeout.as_ref());
+    if let Some(base) = millis(r.backoff.as_ref()) {
+        out.backoff_base_ms = base;
+    }
+    out.reuse_previous_hosts = r.retry_ignore_previous_hosts == Some(false);
     out
 }
 
@@ -828,6 +875,7 @@ fn gw_actions(
                         uri,
                         full_path,
                         authority: r.hostname.clone().unwrap_or_default(),
+                        ..Default::default()
                     }
                 })
             }

@@ -195,18 +195,12 @@ const VS_UNSUPPORTED: &[&str] = &[
     "tls",
     "exportTo",
     "http[].delegate",
-    "http[].mirrorPercent",
-    "http[].rewrite.uriRegexRewrite",
     "http[].retries.retryRemoteLocalities",
-    "http[].retries.retryIgnorePreviousHosts",
-    "http[].retries.backoff",
-    "http[].fault.delay.percent",
     "http[].fault.delay.exponentialDelay",
     "http[].fault.abort.http2Error",
     "http[].match[].gateways",
     "http[].match[].statPrefix",
     "tcp[].match[].sourceSubnet",
-    "tcp[].match[].destinationSubnets",
     "tcp[].match[].gateways",
 ];
 
@@ -329,6 +323,50 @@ fn http_rule(rule: &HttpRoute, ns: &str, field: &str, index: &Index<'_>, sink: &
     if has_redirect && rule.fault.is_some() {
         sink.schema(field, "HTTP route cannot contain both fault and redirect");
     }
+    if let Some(rw) = &rule.rewrite {
+        let rf = format!("{field}.rewrite");
+        if rw.uri.is_some() && rw.uri_regex_rewrite.is_some() {
+            sink.schema(
+                rf.clone(),
+                "rewrite may only contain one of URI or UriRegexRewrite",
+            );
+        }
+        if let Some(rr) = &rw.uri_regex_rewrite {
+            let rrf = format!("{rf}.uriRegexRewrite");
+            match rr.match_.as_deref() {
+                None | Some("") => sink.schema(
+                    format!("{rrf}.match"),
+                    "UriRegexRewrite requires Match to be set",
+                ),
+                Some(re) => check_regex(re, format!("{rrf}.match"), sink),
+            }
+            match rr.rewrite.as_deref() {
+                None | Some("") => sink.schema(
+                    format!("{rrf}.rewrite"),
+                    "UriRegexRewrite requires Rewrite to be set",
+                ),
+                Some(s) => {
+                    if let Err(e) = crate::ir::routes::regex_substitution(s) {
+                        sink.schema(format!("{rrf}.rewrite"), e);
+                    } else if let Some(Ok(re)) = rr.match_.as_deref().map(regex::Regex::new) {
+                        // RE2 rejects a rewrite naming a group the pattern does not have.
+                        let groups = re.captures_len() - 1;
+                        let bad = s
+                            .split('\\')
+                            .skip(1)
+                            .filter_map(|t| t.chars().next()?.to_digit(10))
+                            .find(|n| *n as usize > groups);
+                        if let Some(n) = bad {
+                            sink.schema(
+                                format!("{rrf}.rewrite"),
+                                format!("rewrite {s:?} uses group \\{n} but the match has {groups} groups"),
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
 
     for (m, block) in rule.matches.iter().enumerate() {
         http_match(block, &format!("{field}.match[{m}]"), sink);
@@ -376,6 +414,7 @@ fn http_rule(rule: &HttpRoute, ns: &str, field: &str, index: &Index<'_>, sink: &
             format!("{rf}.perTryTimeout"),
             sink,
         );
+        check_duration(&retries.backoff, format!("{rf}.backoff"), sink);
         if let Some(on) = &retries.retry_on {
             for policy in on.split(',').map(str::trim) {
                 let known = RETRY_ON.contains(&policy) || policy.parse::<u16>().is_ok();
@@ -406,6 +445,14 @@ fn http_rule(rule: &HttpRoute, ns: &str, field: &str, index: &Index<'_>, sink: &
                 format!("{ff}.delay.percentage.value"),
                 sink,
             );
+            if let Some(p) = delay.percent
+                && !(0..=100).contains(&p)
+            {
+                sink.schema(
+                    format!("{ff}.delay.percent"),
+                    format!("percent {p} must be in range [0, 100]"),
+                );
+            }
             if delay.percentage.is_none() && delay.percent.is_none() {
                 fault_without_percentage(&format!("{ff}.delay"), "delayed", sink);
             }
@@ -440,6 +487,14 @@ fn http_rule(rule: &HttpRoute, ns: &str, field: &str, index: &Index<'_>, sink: &
         format!("{field}.mirrorPercentage.value"),
         sink,
     );
+    if let Some(p) = rule.mirror_percent
+        && p > 100
+    {
+        sink.schema(
+            format!("{field}.mirrorPercent"),
+            format!("mirror percent {p} must be in range [0, 100]"),
+        );
+    }
 }
 
 fn fault_without_percentage(field: &str, what: &str, sink: &mut Sink<'_>) {

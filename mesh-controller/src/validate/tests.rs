@@ -141,6 +141,37 @@ fn table() {
             vec![(E, "IST0106", "spec.http[0].fault.delay.percentage.value")],
         ),
         (
+            "uri and uriRegexRewrite",
+            vs("  - route:\n    - {destination: {host: reviews}}\n    rewrite: {uri: /a, uriRegexRewrite: {match: '^/b', rewrite: /c}}\n"),
+            vec![(E, "IST0106", "spec.http[0].rewrite")],
+        ),
+        (
+            "uriRegexRewrite without match, with a bad escape",
+            vs("  - route:\n    - {destination: {host: reviews}}\n    rewrite: {uriRegexRewrite: {rewrite: '/\\q'}}\n"),
+            vec![
+                (E, "IST0106", "spec.http[0].rewrite.uriRegexRewrite.match"),
+                (E, "IST0106", "spec.http[0].rewrite.uriRegexRewrite.rewrite"),
+            ],
+        ),
+        (
+            "uriRegexRewrite naming a missing group",
+            vs("  - route:\n    - {destination: {host: reviews}}\n    rewrite: {uriRegexRewrite: {match: '^/(a)/(b)', rewrite: '/\\3'}}\n"),
+            vec![(E, "IST0106", "spec.http[0].rewrite.uriRegexRewrite.rewrite")],
+        ),
+        (
+            "uriRegexRewrite ok",
+            vs("  - route:\n    - {destination: {host: reviews}}\n    rewrite: {uriRegexRewrite: {match: '^/(a)/(b)', rewrite: '/\\2/\\1'}}\n"),
+            vec![],
+        ),
+        (
+            "deprecated integer percent out of range",
+            vs("  - route:\n    - {destination: {host: reviews}}\n    fault: {delay: {fixedDelay: 7s, percent: 101}}\n    mirror: {host: reviews}\n    mirrorPercent: 101\n"),
+            vec![
+                (E, "IST0106", "spec.http[0].fault.delay.percent"),
+                (E, "IST0106", "spec.http[0].mirrorPercent"),
+            ],
+        ),
+        (
             "negative attempts",
             vs("  - route:\n    - {destination: {host: reviews}}\n    retries: {attempts: -1}\n"),
             vec![(E, "IST0106", "spec.http[0].retries.attempts")],
@@ -298,14 +329,14 @@ fn infos_for_unsupported_fields_and_disable() {
     let (main, all) = run(&format!(
         "{}\n---\napiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {{name: p, namespace: demo}}\nspec:\n  mtls: {{mode: DISABLE}}\n",
         vs(
-            "  - route:\n    - {destination: {host: reviews}}\n    corsPolicy: {allowOrigins: [{exact: \"https://a\"}]}\n    mirror: {host: ratings}\n    mirrors: [{destination: {host: ratings}}]\n    mirrorPercent: 5\n"
+            "  - route:\n    - {destination: {host: reviews}}\n    corsPolicy: {allowOrigins: [{exact: \"https://a\"}]}\n    mirror: {host: ratings}\n    mirrors: [{destination: {host: ratings}}]\n    mirrorPercent: 5\n    retries: {attempts: 2, retryRemoteLocalities: true}\n"
         )
     ));
     assert!(main.is_empty(), "{all:#?}");
     let infos: Vec<String> = all.iter().map(ToString::to_string).collect();
     assert!(
         infos.contains(
-            &"Info [WEFT0001] (VirtualService demo/reviews) spec.http[0].mirrorPercent: not supported by Weft yet; the field is kept but not enforced"
+            &"Info [WEFT0001] (VirtualService demo/reviews) spec.http[0].retries.retryRemoteLocalities: not supported by Weft yet; the field is kept but not enforced"
                 .to_string()
         ),
         "{infos:#?}"
@@ -313,8 +344,9 @@ fn infos_for_unsupported_fields_and_disable() {
     assert!(
         !infos.iter().any(|s| s.contains("spec.http[0].mirror:")
             || s.contains("mirrors")
+            || s.contains("mirrorPercent")
             || s.contains("corsPolicy")),
-        "mirror, mirrors and corsPolicy are enforced: {infos:#?}"
+        "mirror, mirrors, mirrorPercent and corsPolicy are enforced: {infos:#?}"
     );
     assert!(infos.iter().any(|s| s.starts_with("Info [WEFT0002] (PeerAuthentication demo/p) spec.mtls.mode: mTLS mode DISABLE is not supported by Weft (treated as PERMISSIVE")));
 }

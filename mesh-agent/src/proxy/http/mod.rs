@@ -51,6 +51,7 @@ use crate::{
     l7::{
         RequestInfo, Selection, SubsetSelector, Unmatched, cors,
         retry::{AttemptOutcome, RetryOn, backoff},
+        route::RegexRewrite,
     },
     metrics::HttpLabels,
     proxy::{PodCtx, TunnelCtx},
@@ -217,8 +218,10 @@ async fn route_request(
     let info = RequestInfo::from_parts(&parts, conn.dst.port(), &src_ns, &src_labels);
     let table = mesh.routes(&conn.svc.hostname).cloned();
     let default_route;
+    let mut route_index = None;
     let route: &HttpRoute = match table.as_ref().map(|t| (t, t.select(&info))) {
         Some((t, Selection::Route { route, index })) => {
+            route_index = Some(index);
             // CORS comes first (Istio's filter order): a preflight is answered here.
             match t
                 .cors(index)
@@ -357,7 +360,11 @@ async fn route_request(
     );
     // Rewrite and header operations.
     if let Some(rw) = &route.rewrite {
-        rewrite(&mut parts, rw, route, &info);
+        let regex = table
+            .as_ref()
+            .zip(route_index)
+            .and_then(|(t, i)| t.regex_rewrite(i));
+        rewrite(&mut parts, rw, regex, route, &info);
     }
     apply_ops(&mut parts.headers, route.request_headers.as_ref());
     apply_ops(&mut parts.headers, dest.request_headers.as_ref());
@@ -484,7 +491,13 @@ async fn route_request(
         attempt += 1;
         let now = Instant::now();
         let cands = cluster.candidates(&addrs, now);
-        let Some(i) = cluster.balancer.pick(&cands, hash, &tried) else {
+        // Istio `retryIgnorePreviousHosts` (default true): retries prefer hosts not tried yet.
+        let avoid: &[SocketAddr] = if retries.reuse_previous_hosts {
+            &[]
+        } else {
+            &tried
+        };
+        let Some(i) = cluster.balancer.pick(&cands, hash, avoid) else {
             out.flags.push("UH");
             drop(permit);
             return local(
@@ -597,7 +610,12 @@ async fn route_request(
                     break attempt_failure(&conn, out, start, &outcome, grpc);
                 }
             }
-            let wait = backoff(BACKOFF_BASE, BACKOFF_BASE * 10, attempt, fastrand::u64(..));
+            let base = match retries.backoff_base_ms {
+                0 => BACKOFF_BASE,
+                ms => Duration::from_millis(ms),
+            };
+            // Envoy's retry_back_off: max_interval defaults to 10x base_interval.
+            let wait = backoff(base, base * 10, attempt, fastrand::u64(..));
             let wake = tokio::time::Instant::now() + wait;
             let wake = deadline.map_or(wake, |d| wake.min(d));
             tokio::time::sleep_until(wake).await;
@@ -1203,14 +1221,18 @@ fn matched_prefix<'a>(route: &'a HttpRoute, info: &RequestInfo) -> Option<&'a st
         })
 }
 
-/// `rewrite`: the matched prefix (or the whole path) replaced, the authority replaced.
+/// `rewrite`: the matched prefix (or the whole path, or every match of `uriRegexRewrite`)
+/// replaced, the authority replaced.
 fn rewrite(
     parts: &mut http::request::Parts,
     rw: &mesh_common::proto::config::Rewrite,
+    regex: Option<&RegexRewrite>,
     route: &HttpRoute,
     info: &RequestInfo,
 ) {
-    let path = if !rw.full_path.is_empty() {
+    let path = if let Some(re) = regex {
+        Some(re.apply(&info.path))
+    } else if !rw.full_path.is_empty() {
         Some(rw.full_path.clone())
     } else if !rw.uri.is_empty() {
         Some(match matched_prefix(route, info) {
@@ -1441,7 +1463,7 @@ mod tests {
                 uri: uri.into(),
                 ..Default::default()
             };
-            rewrite(&mut parts, &rw, &route, &info(path, "", "svc"));
+            rewrite(&mut parts, &rw, None, &route, &info(path, "", "svc"));
             assert_eq!(parts.uri.path(), want, "{prefix} {uri} {path}");
         }
         // No prefix match: the whole path, the query kept.
@@ -1454,6 +1476,7 @@ mod tests {
         rewrite(
             &mut parts,
             &rw,
+            None,
             &HttpRoute::default(),
             &info("/x", "a=1", "svc"),
         );

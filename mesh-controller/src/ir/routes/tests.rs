@@ -262,7 +262,22 @@ fn retries_defaults_and_attempts_zero() {
             "{retries}"
         );
         assert_eq!(r.backoff_base_ms, 25);
+        assert!(
+            !r.reuse_previous_hosts,
+            "Istio default: retries avoid tried hosts"
+        );
     }
+}
+
+#[test]
+fn retry_backoff_and_previous_hosts() {
+    let t = one(&format!(
+        "{VS_HEAD}spec:\n  hosts: [reviews]\n  http:\n  - route: [{{destination: {{host: reviews}}}}]\n    retries: {{attempts: 3, backoff: 100ms, retryIgnorePreviousHosts: false}}\n  - route: [{{destination: {{host: reviews}}}}]\n    retries: {{attempts: 3, retryIgnorePreviousHosts: true}}\n"
+    ));
+    let r = t.http[0].retries.clone().unwrap();
+    assert_eq!((r.backoff_base_ms, r.reuse_previous_hosts), (100, true));
+    let r = t.http[1].retries.clone().unwrap();
+    assert_eq!((r.backoff_base_ms, r.reuse_previous_hosts), (25, false));
 }
 
 #[test]
@@ -281,10 +296,22 @@ fn fault_percentages() {
         Option<(u64, f64)>,
         Option<(fault_abort::Status, f64)>,
     );
-    let cases: [Case; 4] = [
+    let cases: [Case; 6] = [
         (
             "{delay: {fixedDelay: 7s, percentage: {value: 100}}}",
             Some((7000, 100.0)),
+            None,
+        ),
+        // The deprecated integer `percent` counts when `percentage` is unset …
+        (
+            "{delay: {fixedDelay: 7s, percent: 30}}",
+            Some((7000, 30.0)),
+            None,
+        ),
+        // … and `percentage` wins when both are set.
+        (
+            "{delay: {fixedDelay: 7s, percent: 30, percentage: {value: 0.5}}}",
+            Some((7000, 0.5)),
             None,
         ),
         ("{delay: {fixedDelay: 7s}}", Some((7000, 0.0)), None),
@@ -389,6 +416,48 @@ fn rewrite_redirect_direct_response_headers_mirror() {
         "mirrors: each its own percentage, default 100"
     );
     assert!(r.cors_policy_json.contains("allowOrigins"));
+}
+
+#[test]
+fn uri_regex_rewrite_translated() {
+    let t = one(&format!(
+        "{VS_HEAD}spec:\n  hosts: [reviews]\n  http:\n  - route: [{{destination: {{host: reviews}}}}]\n    rewrite: {{uriRegexRewrite: {{match: '^/service/([^/]+)(/.*)$', rewrite: '\\2/instance/\\1'}}}}\n"
+    ));
+    let rw = t.http[0].rewrite.clone().unwrap();
+    assert_eq!(
+        (rw.regex_match.as_str(), rw.regex_substitution.as_str()),
+        ("^/service/([^/]+)(/.*)$", "${2}/instance/${1}")
+    );
+    for (re2, want) in [
+        ("/a", Ok("/a".to_string())),
+        ("$1\\\\\\0", Ok("$$1\\${0}".to_string())),
+        ("\\x", Err(())),
+        ("x\\", Err(())),
+    ] {
+        assert_eq!(regex_substitution(re2).map_err(|_| ()), want, "{re2}");
+    }
+}
+
+#[test]
+fn deprecated_mirror_percent() {
+    let pct = |extra: &str| {
+        one(&format!(
+            "{VS_HEAD}spec:\n  hosts: [reviews]\n  http:\n  - route: [{{destination: {{host: reviews}}}}]\n    mirror: {{host: ratings}}\n{extra}"
+        ))
+        .http[0]
+            .mirror
+            .clone()
+            .unwrap()
+            .percentage
+    };
+    assert_eq!(pct(""), 100.0, "neither set: everything is mirrored");
+    assert_eq!(pct("    mirrorPercent: 7\n"), 7.0);
+    assert_eq!(pct("    mirrorPercent: 0\n"), 0.0);
+    assert_eq!(
+        pct("    mirrorPercent: 7\n    mirrorPercentage: {value: 2.5}\n"),
+        2.5,
+        "mirrorPercentage wins"
+    );
 }
 
 #[test]
