@@ -49,12 +49,14 @@ pub enum CompileError {
         source: Box<regex::Error>,
     },
     #[error(
-        "route table {table}: tcp route {route}: match {block} destination_subnets: invalid subnet {subnet:?} (want an IP or IP/prefix)"
+        "route table {table}: tcp route {route}: match {block} {field}: invalid subnet {subnet:?} (want an IP or IP/prefix)"
     )]
     Subnet {
         table: String,
         route: String,
         block: usize,
+        /// `destination_subnets` or `source_subnet`.
+        field: &'static str,
         subnet: String,
     },
 }
@@ -398,13 +400,14 @@ impl CompiledTable {
                 .iter()
                 .enumerate()
                 .map(|(block, m)| {
-                    L4Block::new(m).map_err(|subnet| CompileError::Subnet {
+                    L4Block::new(m).map_err(|(field, subnet)| CompileError::Subnet {
                         table: table_name(&table),
                         route: match &route.origin {
                             Some(o) => format!("#{index} ({} rule {})", o.object, o.rule),
                             None => format!("#{index}"),
                         },
                         block,
+                        field,
                         subnet,
                     })
                 })
@@ -486,6 +489,8 @@ pub struct TcpInfo<'a> {
     /// The original destination (the service VIP, or the pod IP when dialled directly).
     pub dst_ip: IpAddr,
     pub dst_port: u16,
+    /// The client pod's IP (None when unknown: `source_subnet` matches never hold).
+    pub src_ip: Option<IpAddr>,
     /// The client workload ("" / empty when unknown).
     pub src_namespace: &'a str,
     pub src_labels: &'a BTreeMap<String, String>,
@@ -530,20 +535,25 @@ impl Subnet {
 #[derive(Debug)]
 struct L4Block {
     subnets: Vec<Subnet>,
+    source: Option<Subnet>,
     port: u32,
     source_labels: Vec<(String, String)>,
     source_namespace: String,
 }
 
 impl L4Block {
-    /// Err = the malformed subnet.
-    fn new(m: &L4Match) -> Result<L4Block, String> {
+    /// Err = the field and the malformed subnet.
+    fn new(m: &L4Match) -> Result<L4Block, (&'static str, String)> {
         Ok(L4Block {
             subnets: m
                 .destination_subnets
                 .iter()
-                .map(|s| Subnet::parse(s).ok_or_else(|| s.clone()))
+                .map(|s| Subnet::parse(s).ok_or_else(|| ("destination_subnets", s.clone())))
                 .collect::<Result<_, _>>()?,
+            source: match m.source_subnet.as_str() {
+                "" => None,
+                s => Some(Subnet::parse(s).ok_or(("source_subnet", s.to_string()))?),
+            },
             port: m.port,
             source_labels: m
                 .source_labels
@@ -556,6 +566,9 @@ impl L4Block {
 
     fn matches(&self, c: &TcpInfo<'_>) -> bool {
         (self.subnets.is_empty() || self.subnets.iter().any(|s| s.contains(c.dst_ip)))
+            && self
+                .source
+                .is_none_or(|s| c.src_ip.is_some_and(|ip| s.contains(ip)))
             && (self.port == 0 || self.port == u32::from(c.dst_port))
             && (self.source_namespace.is_empty() || self.source_namespace == c.src_namespace)
             && self
@@ -1083,6 +1096,7 @@ mod tests {
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
+            ..Default::default()
         };
         let tcp = |name: &str, matches: Vec<L4Match>| TcpRoute {
             origin: Some(Origin {
@@ -1095,6 +1109,13 @@ mod tests {
         let t = CompiledTable::new(RouteTable {
             host: "db.default.svc.cluster.local".into(),
             tcp: vec![
+                tcp(
+                    "from-canary-pods",
+                    vec![L4Match {
+                        source_subnet: "10.244.9.0/24".into(),
+                        ..Default::default()
+                    }],
+                ),
                 tcp(
                     "subnet",
                     vec![l4(&["10.96.0.0/16", "fd00::/8"], 0, "", &[])],
@@ -1115,6 +1136,7 @@ mod tests {
             let conn = TcpInfo {
                 dst_ip: ip.parse().expect("ip"),
                 dst_port: port,
+                src_ip: Some("10.244.1.5".parse().expect("ip")),
                 src_namespace: ns,
                 src_labels: labels,
             };
@@ -1132,6 +1154,21 @@ mod tests {
         assert_eq!(sel("10.97.0.1", 3306, "default", &etl), "labels");
         assert_eq!(sel("192.168.1.7", 3306, "default", &none), "exact-ip");
         assert_eq!(sel("192.168.1.8", 3306, "default", &none), "<default>");
+        // sourceSubnet: the client's IP; unknown never matches.
+        for (src, want) in [
+            (Some("10.244.9.77"), Some(0)),
+            (Some("10.244.1.5"), None),
+            (None, None),
+        ] {
+            let conn = TcpInfo {
+                dst_ip: "192.168.1.8".parse().expect("ip"),
+                dst_port: 3306,
+                src_ip: src.map(|s| s.parse().expect("ip")),
+                src_namespace: "default",
+                src_labels: &none,
+            };
+            assert_eq!(t.select_tcp(&conn).map(|(i, _)| i), want, "{src:?}");
+        }
         // A catch-all tcp route.
         let all = CompiledTable::new(RouteTable {
             tcp: vec![tcp("all", vec![]), tcp("never", vec![])],
@@ -1141,6 +1178,7 @@ mod tests {
         let conn = TcpInfo {
             dst_ip: "1.2.3.4".parse().expect("ip"),
             dst_port: 1,
+            src_ip: None,
             src_namespace: "",
             src_labels: &none,
         };
@@ -1179,6 +1217,23 @@ mod tests {
             e.to_string(),
             "route table db.default.svc.cluster.local: tcp route #0: match 0 \
              destination_subnets: invalid subnet \"10.0.0.0/40\" (want an IP or IP/prefix)"
+        );
+        let e = CompiledTable::new(RouteTable {
+            host: "db.default.svc.cluster.local".into(),
+            tcp: vec![TcpRoute {
+                matches: vec![L4Match {
+                    source_subnet: "10.0.0.300".into(),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+            ..Default::default()
+        })
+        .expect_err("bad source subnet");
+        assert!(
+            e.to_string()
+                .contains("match 0 source_subnet: invalid subnet \"10.0.0.300\""),
+            "{e}"
         );
     }
 

@@ -112,7 +112,7 @@ async fn handle(client: TcpStream, peer: SocketAddr, pod: Arc<PodCtx>, orig: Arc
                 ),
                 None => (pod.namespace.clone(), Default::default()),
             };
-            mesh.resolve_from(dst, &ns, &labels)
+            mesh.resolve_from(dst, Some(pod.ip.into()), &ns, &labels)
         }
         None => Upstream::Plain(dst),
     };

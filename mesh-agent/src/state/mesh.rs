@@ -370,7 +370,7 @@ impl MeshState {
     /// Where a connection to `dst` goes: a service VIP picks an endpoint (round robin); a meshed
     /// endpoint is reached over HBONE, anything else directly.
     pub fn resolve(&self, dst: SocketAddr) -> Upstream {
-        self.resolve_from(dst, "", &BTreeMap::new())
+        self.resolve_from(dst, None, "", &BTreeMap::new())
     }
 
     /// [`Self::resolve`] for a client in namespace `src_ns` with pod labels `src_labels`: a
@@ -379,6 +379,7 @@ impl MeshState {
     pub fn resolve_from(
         &self,
         dst: SocketAddr,
+        src_ip: Option<IpAddr>,
         src_ns: &str,
         src_labels: &BTreeMap<String, String>,
     ) -> Upstream {
@@ -389,6 +390,7 @@ impl MeshState {
                 && let Some((_, route)) = table.select_tcp(&crate::l7::TcpInfo {
                     dst_ip: dst.ip(),
                     dst_port: dst.port(),
+                    src_ip,
                     src_namespace: src_ns,
                     src_labels,
                 })

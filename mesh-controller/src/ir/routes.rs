@@ -445,6 +445,7 @@ fn vs_tcp_route(r: &VsTcpRoute, ns: &str, origin: &str, index: usize) -> Option<
             port: m.port.unwrap_or(0),
             source_labels: m.source_labels.clone().into_iter().collect(),
             source_namespace: m.source_namespace.clone().unwrap_or_default(),
+            source_subnet: m.source_subnet.clone().unwrap_or_default(),
         })
         .collect();
     if !r.matches.is_empty() && matches.is_empty() {

@@ -200,7 +200,6 @@ const VS_UNSUPPORTED: &[&str] = &[
     "http[].fault.abort.http2Error",
     "http[].match[].gateways",
     "http[].match[].statPrefix",
-    "tcp[].match[].sourceSubnet",
     "tcp[].match[].gateways",
 ];
 

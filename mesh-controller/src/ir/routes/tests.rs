@@ -514,7 +514,7 @@ fn tcp_routes() {
         "{VS_HEAD}spec:
   hosts: [reviews]
   tcp:
-  - match: [{{port: 5432, destinationSubnets: [10.0.0.0/8]}}]
+  - match: [{{port: 5432, destinationSubnets: [10.0.0.0/8], sourceSubnet: 10.244.9.0/24}}]
     route:
     - {{destination: {{host: reviews, subset: a, port: {{number: 5433}}}}, weight: 80}}
     - {{destination: {{host: reviews, subset: b}}, weight: 20}}
@@ -523,6 +523,7 @@ fn tcp_routes() {
     let r = &t.tcp[0];
     assert_eq!(r.matches[0].port, 5432);
     assert_eq!(r.matches[0].destination_subnets, vec!["10.0.0.0/8"]);
+    assert_eq!(r.matches[0].source_subnet, "10.244.9.0/24");
     let w: Vec<_> = r
         .destinations
         .iter()
