@@ -103,6 +103,10 @@ enum Command {
         /// How often to re-read the workload source.
         #[arg(long, default_value = "300ms", value_parser = humantime::parse_duration)]
         resync: Duration,
+        /// Proxy worker threads (default: one per CPU). Where the agent shares a few CPUs with
+        /// the workloads, fewer threads mean fewer cross-thread wake-ups (docs/benchmarks.md).
+        #[arg(long, env = "WEFT_WORKER_THREADS", value_parser = clap::value_parser!(u16).range(1..))]
+        worker_threads: Option<u16>,
     },
     /// Inspect (or switch) this node's eBPF data path, from its pins.
     #[command(subcommand)]
@@ -225,6 +229,7 @@ fn main() -> anyhow::Result<()> {
             probe_sources,
             fast_path,
             resync,
+            worker_threads,
         } => {
             let source = match (controller, local_config, lab_cluster_dir) {
                 (Some(url), _, _) => {
@@ -283,9 +288,11 @@ fn main() -> anyhow::Result<()> {
                 resync,
             };
             tracing::info!(config = ?cfg, "mesh-agent {} starting", env!("CARGO_PKG_VERSION"));
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()?;
+            let mut rt = tokio::runtime::Builder::new_multi_thread();
+            if let Some(n) = worker_threads {
+                rt.worker_threads(usize::from(n));
+            }
+            let rt = rt.enable_all().build()?;
             rt.block_on(async move {
                 let agent = Agent::start(cfg).context("starting the agent")?;
                 agent.run().await.context("agent")
