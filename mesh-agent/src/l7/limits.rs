@@ -24,8 +24,8 @@
 //!   slightly). Here the check and the increment are one atomic step: the limit is never
 //!   exceeded.
 //! - `max_connections` only bounds HTTP/1.1 requests in flight (one per connection); the
-//!   connection pool itself (`proxy/pool.rs`) owns connections, idle timeout and
-//!   `max_requests_per_connection`, which are carried here unenforced.
+//!   connection pool itself (`proxy/http/upstream.rs`) owns connections and enforces idle
+//!   timeout, `max_requests_per_connection` and `max_connection_duration`, carried here.
 use std::{
     sync::{
         Arc,
@@ -54,6 +54,8 @@ pub struct PoolLimits {
     pub max_retries: u32,
     pub connect_timeout: Duration,
     pub idle_timeout: Duration,
+    /// `tcp.maxConnectionDuration`: older upstream connections are not reused (None = no limit).
+    pub max_connection_duration: Option<Duration>,
 }
 
 impl Default for PoolLimits {
@@ -67,6 +69,7 @@ impl Default for PoolLimits {
             max_retries: u32::MAX,
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             idle_timeout: DEFAULT_IDLE_TIMEOUT,
+            max_connection_duration: None,
         }
     }
 }
@@ -93,6 +96,8 @@ impl From<Option<&ConnectionPool>> for PoolLimits {
             max_retries: or(p.max_retries, d.max_retries),
             connect_timeout: or_ms(p.connect_timeout_ms, d.connect_timeout),
             idle_timeout: or_ms(p.idle_timeout_ms, d.idle_timeout),
+            max_connection_duration: (p.max_connection_duration_ms > 0)
+                .then(|| Duration::from_millis(p.max_connection_duration_ms)),
         }
     }
 }
@@ -298,6 +303,7 @@ mod tests {
                     max_requests_per_connection: 4,
                     max_retries: 5,
                     idle_timeout_ms: 60_000,
+                    max_connection_duration_ms: 30_000,
                 }),
                 PoolLimits {
                     max_connections: 1,
@@ -307,6 +313,7 @@ mod tests {
                     max_retries: 5,
                     connect_timeout: ms(250),
                     idle_timeout: ms(60_000),
+                    max_connection_duration: Some(ms(30_000)),
                 },
             ),
             (
@@ -333,6 +340,7 @@ mod tests {
         assert_eq!(d.max_requests_per_connection, 0);
         assert_eq!(d.connect_timeout, Duration::from_secs(10));
         assert_eq!(d.idle_timeout, Duration::from_secs(3600));
+        assert_eq!(d.max_connection_duration, None);
     }
 
     #[test]

@@ -549,9 +549,9 @@ pub struct TcpSettings {
     /// Not supported by Weft yet.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tcp_keepalive: Option<Opaque>,
-    /// Not supported by Weft yet.
+    /// Maximum age of an upstream connection; older ones are not reused.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub max_connection_duration: Option<Opaque>,
+    pub max_connection_duration: Option<GoDuration>,
     /// Not supported by Weft yet.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub idle_timeout: Option<Opaque>,

@@ -278,6 +278,8 @@ fn connection_pool(p: Option<&ConnectionPoolSettings>) -> ConnectionPool {
         max_retries: limit(http.and_then(|h| h.max_retries)),
         idle_timeout_ms: millis(http.and_then(|h| h.idle_timeout.as_ref()))
             .unwrap_or(DEFAULT_IDLE_TIMEOUT_MS),
+        max_connection_duration_ms: millis(tcp.and_then(|t| t.max_connection_duration.as_ref()))
+            .unwrap_or(0),
     }
 }
 

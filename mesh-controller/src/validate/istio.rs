@@ -616,7 +616,6 @@ const TRAFFIC_POLICY_UNSUPPORTED: &[&str] = &[
     "loadBalancer.warmup",
     "loadBalancer.consistentHash.httpCookie.attributes",
     "connectionPool.tcp.tcpKeepalive",
-    "connectionPool.tcp.maxConnectionDuration",
     "connectionPool.tcp.idleTimeout",
     "connectionPool.http.h2UpgradePolicy",
     "connectionPool.http.useClientProtocol",
@@ -800,6 +799,11 @@ fn policy_parts(
             check_duration(
                 &tcp.connect_timeout,
                 format!("{pf}.tcp.connectTimeout"),
+                sink,
+            );
+            check_duration(
+                &tcp.max_connection_duration,
+                format!("{pf}.tcp.maxConnectionDuration"),
                 sink,
             );
             if tcp.max_connections.is_some_and(|n| n < 0) {

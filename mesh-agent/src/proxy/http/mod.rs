@@ -416,6 +416,7 @@ async fn route_request(
         connect_timeout: limits.connect_timeout,
         idle_timeout: limits.idle_timeout,
         max_requests_per_connection: limits.max_requests_per_connection,
+        max_connection_duration: limits.max_connection_duration,
     };
     // The route timeout starts now (after any fault delay) and covers every attempt.
     let deadline = route
@@ -745,6 +746,7 @@ fn shadow(
         connect_timeout: Duration::from_secs(10),
         idle_timeout: Duration::from_secs(3600),
         max_requests_per_connection: 0,
+        max_connection_duration: None,
     };
     tokio::spawn(async move {
         let sent = tokio::time::timeout(Duration::from_secs(30), async {

@@ -59,17 +59,37 @@ pub struct ConnSettings {
     pub idle_timeout: Duration,
     /// 0 = unlimited.
     pub max_requests_per_connection: u32,
+    /// None = no limit.
+    pub max_connection_duration: Option<Duration>,
+}
+
+impl ConnSettings {
+    /// May a connection opened at `opened` that has served `served` requests take another one?
+    /// (`maxRequestsPerConnection`, `maxConnectionDuration`; the idle timeout is checked apart.)
+    fn reusable(&self, served: u32, opened: Instant, now: Instant) -> bool {
+        (self.max_requests_per_connection == 0 || served < self.max_requests_per_connection)
+            && self
+                .max_connection_duration
+                .is_none_or(|max| now.saturating_duration_since(opened) < max)
+    }
+}
+
+/// The pool's bookkeeping of one connection.
+#[derive(Clone, Copy)]
+struct Usage {
+    opened: Instant,
+    served: u32,
 }
 
 struct IdleH1 {
     sender: http1::SendRequest<Body>,
     since: Instant,
-    served: u32,
+    usage: Usage,
 }
 
 struct H2Conn {
     sender: http2::SendRequest<Body>,
-    served: u32,
+    usage: Usage,
 }
 
 #[derive(Default)]
@@ -106,17 +126,21 @@ impl Upstreams {
         // A pooled connection may have been closed by the server meanwhile: a request hyper
         // could not send at all is retried on another connection (bounded).
         for _ in 0..3 {
-            let (mut sender, served) = match self.checkout_h1(ep, s) {
+            let (mut sender, mut usage) = match self.checkout_h1(ep, s) {
                 Some(c) => c,
-                None => (self.connect_h1(pod, ep, s).await?, 0),
+                None => (
+                    self.connect_h1(pod, ep, s).await?,
+                    Usage {
+                        opened: Instant::now(),
+                        served: 0,
+                    },
+                ),
             };
+            let pooled = usage.served > 0;
             match sender.try_send_request(req).await {
                 Ok(resp) => {
-                    let served = served + 1;
-                    let reusable = !upgrade
-                        && (s.max_requests_per_connection == 0
-                            || served < s.max_requests_per_connection);
-                    if reusable {
+                    usage.served += 1;
+                    if !upgrade && s.reusable(usage.served, usage.opened, Instant::now()) {
                         let me = self.clone();
                         let ep = ep.clone();
                         // Back to the pool once the response body is done.
@@ -130,7 +154,7 @@ impl Upstreams {
                                     .push(IdleH1 {
                                         sender,
                                         since: Instant::now(),
-                                        served,
+                                        usage,
                                     });
                             }
                         });
@@ -138,7 +162,7 @@ impl Upstreams {
                     return Ok(resp);
                 }
                 Err(mut e) => match e.take_message() {
-                    Some(r) if served > 0 => {
+                    Some(r) if pooled => {
                         debug!(upstream = %ep.addr, "pooled connection closed before the request was sent: {}", e.error());
                         req = r;
                     }
@@ -153,13 +177,17 @@ impl Upstreams {
         &self,
         ep: &Endpoint,
         s: ConnSettings,
-    ) -> Option<(http1::SendRequest<Body>, u32)> {
+    ) -> Option<(http1::SendRequest<Body>, Usage)> {
         let mut idle = self.h1.lock().unwrap_or_else(|p| p.into_inner());
         let list = idle.get_mut(ep)?;
         let now = Instant::now();
+        // Unusable connections popped here are dropped, which closes them.
         while let Some(c) = list.pop() {
-            if c.sender.is_ready() && now.duration_since(c.since) < s.idle_timeout {
-                return Some((c.sender, c.served));
+            if c.sender.is_ready()
+                && now.duration_since(c.since) < s.idle_timeout
+                && s.reusable(c.usage.served, c.usage.opened, now)
+            {
+                return Some((c.sender, c.usage));
             }
         }
         None
@@ -197,10 +225,9 @@ impl Upstreams {
             match conns.get_mut(ep) {
                 Some(c)
                     if !c.sender.is_closed()
-                        && (s.max_requests_per_connection == 0
-                            || c.served < s.max_requests_per_connection) =>
+                        && s.reusable(c.usage.served, c.usage.opened, Instant::now()) =>
                 {
-                    c.served += 1;
+                    c.usage.served += 1;
                     Some(c.sender.clone())
                 }
                 _ => None,
@@ -226,7 +253,10 @@ impl Upstreams {
                     ep.clone(),
                     H2Conn {
                         sender: sender.clone(),
-                        served: 1,
+                        usage: Usage {
+                            opened: Instant::now(),
+                            served: 1,
+                        },
                     },
                 );
                 sender
@@ -347,6 +377,35 @@ impl AsyncWrite for UpIo {
         match self.get_mut() {
             UpIo::Tcp(s) => Pin::new(s).poll_shutdown(cx),
             UpIo::Tunnel(t) => Pin::new(t.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reuse_limits() {
+        let s = |per_conn: u32, max_age_ms: Option<u64>| ConnSettings {
+            connect_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(3600),
+            max_requests_per_connection: per_conn,
+            max_connection_duration: max_age_ms.map(Duration::from_millis),
+        };
+        let opened = Instant::now();
+        let at = |ms: u64| opened + Duration::from_millis(ms);
+        // (settings, served, now, reusable)
+        let cases = [
+            (s(0, None), 1_000_000, at(86_400_000), true),
+            (s(2, None), 1, at(0), true),
+            (s(2, None), 2, at(0), false),
+            (s(0, Some(500)), 7, at(499), true),
+            (s(0, Some(500)), 7, at(500), false),
+            (s(10, Some(500)), 10, at(1), false),
+        ];
+        for (i, (settings, served, now, want)) in cases.into_iter().enumerate() {
+            assert_eq!(settings.reusable(served, opened, now), want, "case {i}");
         }
     }
 }

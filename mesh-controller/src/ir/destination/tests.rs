@@ -29,6 +29,7 @@ fn defaults_pool() -> ConnectionPool {
         max_requests_per_connection: 0,
         max_retries: UNLIMITED,
         idle_timeout_ms: 3_600_000,
+        max_connection_duration_ms: 0,
     }
 }
 
@@ -63,7 +64,7 @@ spec:
   host: reviews.demo.svc.cluster.local
   trafficPolicy:
     connectionPool:
-      tcp: {{maxConnections: 1}}
+      tcp: {{maxConnections: 1, maxConnectionDuration: 90s}}
       http: {{http1MaxPendingRequests: 1, maxRequestsPerConnection: 1}}
     outlierDetection: {{consecutive5xxErrors: 1, interval: 1s, baseEjectionTime: 3m, maxEjectionTime: 10m, maxEjectionPercent: 100}}
   subsets:
@@ -79,9 +80,10 @@ spec:
             pool.max_connections,
             pool.http1_max_pending_requests,
             pool.max_requests_per_connection,
-            pool.http2_max_requests
+            pool.http2_max_requests,
+            pool.max_connection_duration_ms
         ),
-        (1, 1, 1, UNLIMITED)
+        (1, 1, 1, UNLIMITED, 90_000)
     );
     assert_eq!(
         tp.outlier_detection,
