@@ -345,7 +345,7 @@ pub fn retry_policy(r: Option<&HttpRetry>) -> RetryPolicy {
         retriable_status_codes: vec![],
         per_try_timeout_ms: None,
         backoff_base_ms: RETRY_BACKOFF_BASE_MS,
-        reuse_previous_hosts: false,
+        ignore_previous_hosts: None,
     };
     let Some(r) = r else {
         return out;
@@ -375,7 +375,7 @@ pub fn retry_policy(r: Option<&HttpRetry>) -> RetryPolicy {
     if let Some(base) = millis(r.backoff.as_ref()) {
         out.backoff_base_ms = base;
     }
-    out.reuse_previous_hosts = r.retry_ignore_previous_hosts == Some(false);
+    out.ignore_previous_hosts = r.retry_ignore_previous_hosts;
     out
 }
 

@@ -3,6 +3,7 @@
 //! request bodies so a request can be retried.
 use std::{
     pin::Pin,
+    sync::{Arc, Mutex},
     task::{Context, Poll, ready},
 };
 
@@ -124,14 +125,63 @@ pub fn grpc_status(h: &http::HeaderMap) -> Option<u32> {
 pub enum ReqBody {
     /// Fully read (no body, or a body no larger than the buffer limit), with its trailers.
     Buffered(Bytes, Option<http::HeaderMap>),
+    /// Streamed upstream as it arrives while a copy is kept for replays (Envoy's retry buffer),
+    /// see [`ReqBody::tee`].
+    Tee(Arc<Mutex<TeeState>>),
     /// Too large or unknown size: sent once, never retried.
     Streaming(Body),
 }
 
 impl ReqBody {
+    /// A body that streams to the first attempt as it arrives — a gRPC bidi stream or a slow
+    /// upload is never held back — while a copy of up to `limit` bytes is kept. A later attempt
+    /// replays the copy, then goes on reading the client; once more than `limit` bytes went by
+    /// the copy is dropped and the request can no longer be retried.
+    pub fn tee(incoming: Body, limit: u64) -> ReqBody {
+        ReqBody::Tee(Arc::new(Mutex::new(TeeState {
+            incoming,
+            chunks: Vec::new(),
+            captured: 0,
+            limit,
+            overflow: false,
+            trailers: None,
+            done: false,
+            read: 0,
+            generation: 0,
+        })))
+    }
+
+    /// Request body bytes read from the client so far.
+    pub fn bytes_read(&self) -> u64 {
+        match self {
+            ReqBody::Buffered(b, _) => b.len() as u64,
+            ReqBody::Tee(s) => s.lock().unwrap_or_else(|p| p.into_inner()).read,
+            ReqBody::Streaming(_) => 0,
+        }
+    }
+
+    /// The whole body is in memory (nothing more to read from the client).
+    pub fn fully_read(&self) -> bool {
+        matches!(self, ReqBody::Buffered(..))
+    }
+
     /// Takes the body for one attempt.
     pub fn attempt(&mut self) -> Option<Body> {
         match self {
+            ReqBody::Tee(s) => {
+                let mut st = s.lock().unwrap_or_else(|p| p.into_inner());
+                if st.overflow {
+                    return None;
+                }
+                // An earlier attempt's body, if its connection still polls it, is cut off.
+                st.generation += 1;
+                Some(boxed(TeeAttempt {
+                    shared: s.clone(),
+                    generation: st.generation,
+                    next: 0,
+                    trailers_sent: false,
+                }))
+            }
             ReqBody::Buffered(b, Some(t)) => Some(boxed(Replay {
                 data: (!b.is_empty()).then(|| b.clone()),
                 trailers: Some(t.clone()),
@@ -144,14 +194,122 @@ impl ReqBody {
             ReqBody::Streaming(_) => {
                 match std::mem::replace(self, ReqBody::Buffered(Bytes::new(), None)) {
                     ReqBody::Streaming(s) => Some(s),
-                    ReqBody::Buffered(..) => None,
+                    _ => None,
                 }
             }
         }
     }
 
+    /// Can another attempt be made with this body?
     pub fn replayable(&self) -> bool {
-        matches!(self, ReqBody::Buffered(..))
+        match self {
+            ReqBody::Buffered(..) => true,
+            ReqBody::Tee(s) => !s.lock().unwrap_or_else(|p| p.into_inner()).overflow,
+            ReqBody::Streaming(_) => false,
+        }
+    }
+}
+
+/// The client's body and the copy kept of it, shared by the attempts of one request.
+pub struct TeeState {
+    incoming: Body,
+    /// Data frames read so far (while within `limit`).
+    chunks: Vec<Bytes>,
+    captured: u64,
+    limit: u64,
+    /// More than `limit` bytes were read: `chunks` is gone, no more attempts.
+    overflow: bool,
+    trailers: Option<http::HeaderMap>,
+    /// The client's body ended (`trailers` set if it had any).
+    done: bool,
+    read: u64,
+    /// The attempt allowed to read.
+    generation: u64,
+}
+
+/// One attempt's view of a [`TeeState`]: the copy first, then the client.
+struct TeeAttempt {
+    shared: Arc<Mutex<TeeState>>,
+    generation: u64,
+    /// Next chunk of the copy to send.
+    next: usize,
+    trailers_sent: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("request body superseded by a retry")]
+struct Superseded;
+
+impl http_body::Body for TeeAttempt {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let me = &mut *self;
+        let mut st = me.shared.lock().unwrap_or_else(|p| p.into_inner());
+        if st.generation != me.generation {
+            return Poll::Ready(Some(Err(Box::new(Superseded))));
+        }
+        if let Some(c) = st.chunks.get(me.next) {
+            me.next += 1;
+            return Poll::Ready(Some(Ok(Frame::data(c.clone()))));
+        }
+        if st.done {
+            if !me.trailers_sent
+                && let Some(t) = &st.trailers
+            {
+                me.trailers_sent = true;
+                return Poll::Ready(Some(Ok(Frame::trailers(t.clone()))));
+            }
+            return Poll::Ready(None);
+        }
+        let frame = ready!(Pin::new(&mut st.incoming).poll_frame(cx));
+        match frame {
+            None => {
+                st.done = true;
+                Poll::Ready(None)
+            }
+            Some(Err(e)) => Poll::Ready(Some(Err(e))),
+            Some(Ok(f)) => match f.into_data() {
+                Ok(d) => {
+                    st.read += d.len() as u64;
+                    if !st.overflow {
+                        if st.captured + d.len() as u64 > st.limit {
+                            st.overflow = true;
+                            st.chunks = Vec::new();
+                        } else {
+                            st.captured += d.len() as u64;
+                            st.chunks.push(d.clone());
+                            me.next = st.chunks.len();
+                        }
+                    }
+                    if st.incoming.is_end_stream() {
+                        st.done = true;
+                    }
+                    Poll::Ready(Some(Ok(Frame::data(d))))
+                }
+                Err(f) => {
+                    st.done = true;
+                    if let Ok(t) = f.into_trailers() {
+                        st.trailers = Some(t.clone());
+                        me.trailers_sent = true;
+                        return Poll::Ready(Some(Ok(Frame::trailers(t))));
+                    }
+                    Poll::Ready(None)
+                }
+            },
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        let st = self.shared.lock().unwrap_or_else(|p| p.into_inner());
+        st.generation == self.generation
+            && st.done
+            && self.next >= st.chunks.len()
+            && (self.trailers_sent || st.trailers.is_none())
     }
 }
 
@@ -255,6 +413,7 @@ impl http_body::Body for Prefixed {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+    use tokio_stream::StreamExt as _;
 
     #[tokio::test]
     async fn buffered_bodies_replay_with_their_trailers() {
@@ -273,5 +432,77 @@ mod tests {
             }
             assert!(body.replayable());
         }
+    }
+
+    /// A client body fed frame by frame from the test.
+    fn channel() -> (tokio::sync::mpsc::UnboundedSender<Frame<Bytes>>, Body) {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<Frame<Bytes>>();
+        let stream = tokio_stream::wrappers::UnboundedReceiverStream::new(rx)
+            .map(Ok::<_, std::convert::Infallible>);
+        (tx, boxed(http_body_util::StreamBody::new(stream)))
+    }
+
+    #[tokio::test]
+    async fn tee_streams_before_the_body_ends_and_replays_for_retries() {
+        let (tx, client) = channel();
+        let mut body = ReqBody::tee(client, 10);
+        let mut first = body.attempt().unwrap();
+        // The first frame reaches the upstream while the client is still sending (gRPC bidi).
+        tx.send(Frame::data(Bytes::from_static(b"ping"))).unwrap();
+        let f = first.frame().await.unwrap().unwrap();
+        assert_eq!(f.into_data().unwrap(), "ping");
+        assert!(body.replayable());
+        assert_eq!(body.bytes_read(), 4);
+        // A retry replays what was read, then goes on with the client; the old attempt is cut off.
+        let second = body.attempt().unwrap();
+        assert!(first.frame().await.unwrap().is_err(), "superseded");
+        tx.send(Frame::data(Bytes::from_static(b"pong"))).unwrap();
+        let mut t = http::HeaderMap::new();
+        t.insert("grpc-status", http::HeaderValue::from_static("0"));
+        tx.send(Frame::trailers(t.clone())).unwrap();
+        drop(tx);
+        let got = second.collect().await.unwrap();
+        assert_eq!(got.trailers(), Some(&t));
+        assert_eq!(got.to_bytes(), "pingpong");
+        // A third attempt gets the whole copy, trailers included.
+        let got = body.attempt().unwrap().collect().await.unwrap();
+        assert_eq!(got.trailers(), Some(&t));
+        assert_eq!(got.to_bytes(), "pingpong");
+        assert_eq!(body.bytes_read(), 8);
+    }
+
+    #[tokio::test]
+    async fn tee_past_the_limit_streams_on_but_cannot_retry() {
+        let (tx, client) = channel();
+        let mut body = ReqBody::tee(client, 6);
+        let mut first = body.attempt().unwrap();
+        tx.send(Frame::data(Bytes::from_static(b"abcd"))).unwrap();
+        tx.send(Frame::data(Bytes::from_static(b"efgh"))).unwrap();
+        drop(tx);
+        assert_eq!(
+            first.frame().await.unwrap().unwrap().into_data().unwrap(),
+            "abcd"
+        );
+        assert!(body.replayable());
+        assert_eq!(
+            first.frame().await.unwrap().unwrap().into_data().unwrap(),
+            "efgh"
+        );
+        assert!(first.frame().await.is_none());
+        assert!(!body.replayable(), "more than the limit went by");
+        assert!(body.attempt().is_none());
+        assert_eq!(body.bytes_read(), 8);
+    }
+
+    #[tokio::test]
+    async fn tee_not_polled_yet_is_whole_for_the_next_attempt() {
+        // A connect failure drops the attempt's body before reading anything.
+        let (tx, client) = channel();
+        let mut body = ReqBody::tee(client, 64);
+        drop(body.attempt().unwrap());
+        tx.send(Frame::data(Bytes::from_static(b"late"))).unwrap();
+        drop(tx);
+        let got = body.attempt().unwrap().collect().await.unwrap();
+        assert_eq!(got.to_bytes(), "late");
     }
 }

@@ -291,7 +291,8 @@ async fn route_request(
                 Some(Status::HttpStatus(code)) => {
                     let s = StatusCode::from_u16(code as u16)
                         .unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
-                    local(&conn, out, start, s, "fault filter abort", false)
+                    // A gRPC client gets it as grpc-status (Envoy's local reply mapping).
+                    local(&conn, out, start, s, "fault filter abort", grpc)
                 }
                 None => local(
                     &conn,
@@ -366,8 +367,9 @@ async fn route_request(
             .and_then(|(t, i)| t.regex_rewrite(i));
         rewrite(&mut parts, rw, regex, route, &info);
     }
-    apply_ops(&mut parts.headers, route.request_headers.as_ref());
+    // Envoy: the weighted destination's operations, then the route's (the route's `set` wins).
     apply_ops(&mut parts.headers, dest.request_headers.as_ref());
+    apply_ops(&mut parts.headers, route.request_headers.as_ref());
     strip_hop_by_hop(&mut parts.headers);
     let upgrade =
         parts.version == Version::HTTP_11 && parts.headers.contains_key(http::header::UPGRADE);
@@ -390,19 +392,25 @@ async fn route_request(
         .chain(&route.mirrors)
         .filter(|m| !upgrade && roll_percent(m.percentage))
         .collect();
-    let (mut req_body, buffered) = if attempts_allowed > 0 || !mirrors.is_empty() {
+    let mut req_body = if http_body::Body::is_end_stream(&body) {
+        ReqBody::Buffered(bytes::Bytes::new(), None)
+    } else if !mirrors.is_empty() {
+        // A shadow copy needs the whole body first (bodies up to the replay limit).
         match body::buffer(body, REPLAY_LIMIT).await {
-            Ok(b) => b,
+            Ok((b, _)) => b,
             Err(e) => {
                 out.flags.push("DC");
                 debug!(pod = %conn.pod.id(), "reading the request body: {e}");
                 return local(&conn, out, start, StatusCode::BAD_REQUEST, "", grpc);
             }
         }
+    } else if attempts_allowed > 0 {
+        // Streamed as it arrives (gRPC streams, slow uploads), a copy kept for retries.
+        ReqBody::tee(body::boxed(body), REPLAY_LIMIT)
     } else {
-        (ReqBody::Streaming(body::boxed(body)), 0)
+        ReqBody::Streaming(body::boxed(body))
     };
-    if req_body.replayable() {
+    if req_body.fully_read() {
         // The body is already read: the upstream must not wait for a 100-continue of its own.
         parts.headers.remove(http::header::EXPECT);
     }
@@ -475,7 +483,9 @@ async fn route_request(
         let value = crate::l7::lb::new_cookie_value();
         hash = Some(crate::l7::lb::hash_str(&value));
         let mut c = format!("{name}=\"{value}\"");
-        if !ttl.is_zero() {
+        // Whole seconds; under one second it is a session cookie (no Max-Age=0, which would
+        // delete it at once).
+        if ttl.as_secs() > 0 {
             c.push_str(&format!("; Max-Age={}", ttl.as_secs()));
         }
         if !path.is_empty() {
@@ -492,12 +502,12 @@ async fn route_request(
         attempt += 1;
         let now = Instant::now();
         let cands = cluster.candidates(&addrs, now);
-        // Istio `retryIgnorePreviousHosts` (default true): retries prefer hosts not tried yet.
-        let avoid: &[SocketAddr] = if retries.reuse_previous_hosts {
-            &[]
-        } else {
-            &tried
-        };
+        // Istio `retryIgnorePreviousHosts`: retries prefer hosts not tried yet; unset = yes,
+        // except under consistent hashing, where a retry keeps to the hashed host.
+        let avoid_tried = retries
+            .ignore_previous_hosts
+            .unwrap_or(cluster.hash_key.is_none());
+        let avoid: &[SocketAddr] = if avoid_tried { &tried } else { &[] };
         let Some(i) = cluster.balancer.pick(&cands, hash, avoid) else {
             out.flags.push("UH");
             drop(permit);
@@ -591,7 +601,8 @@ async fn route_request(
             match cluster.breaker.try_retry() {
                 Some(p) => _retry_permit = Some(p),
                 None => {
-                    out.flags.push("URX");
+                    // The maxRetries circuit breaker (Envoy: UpstreamOverflow, not URX).
+                    out.flags.push("UO");
                     if let Some(r) = resp {
                         out.hold.push(Box::new(inflight));
                         out.hold.push(Box::new(permit));
@@ -604,7 +615,7 @@ async fn route_request(
                             route,
                             dest,
                             grpc,
-                            buffered + request_bytes_head,
+                            req_body.bytes_read() + request_bytes_head,
                             on_upgrade,
                         );
                     }
@@ -649,7 +660,7 @@ async fn route_request(
                     route,
                     dest,
                     grpc,
-                    buffered + request_bytes_head,
+                    req_body.bytes_read() + request_bytes_head,
                     on_upgrade,
                 )
             }
@@ -770,6 +781,17 @@ fn attempt_failure(
     o: &AttemptOutcome,
     grpc: bool,
 ) -> Response<Body> {
+    if matches!(o, AttemptOutcome::PerTryTimeout) {
+        out.flags.push("UT");
+        return local(
+            conn,
+            out,
+            start,
+            StatusCode::GATEWAY_TIMEOUT,
+            "upstream request timeout",
+            grpc,
+        );
+    }
     let (flag, reason) = match o {
         AttemptOutcome::ConnectFailure => ("UF", "connection failure"),
         AttemptOutcome::RefusedStream => ("UR", "remote refused stream reset"),
@@ -1098,10 +1120,15 @@ fn continue_trace(h: &mut HeaderMap) {
     h.insert(HeaderName::from_static("traceparent"), header_value(&next));
 }
 
-/// Route/destination header operations: set, then add, then remove (Envoy applies removals
-/// last).
+/// Route/destination header operations: remove, then set, then add (Envoy's `HeaderParser`
+/// removes first, "remove-before-add"; Istio lists `set` before `add`).
 fn apply_ops(h: &mut HeaderMap, ops: Option<&HeaderOps>) {
     let Some(ops) = ops else { return };
+    for k in &ops.remove {
+        if let Ok(n) = HeaderName::from_bytes(k.as_bytes()) {
+            h.remove(n);
+        }
+    }
     for (k, v) in &ops.set {
         if let (Ok(n), Ok(v)) = (
             HeaderName::from_bytes(k.as_bytes()),
@@ -1116,11 +1143,6 @@ fn apply_ops(h: &mut HeaderMap, ops: Option<&HeaderOps>) {
             HeaderValue::from_str(v),
         ) {
             h.append(n, v);
-        }
-    }
-    for k in &ops.remove {
-        if let Ok(n) = HeaderName::from_bytes(k.as_bytes()) {
-            h.remove(n);
         }
     }
 }
@@ -1413,12 +1435,19 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert("a", HeaderValue::from_static("1"));
         h.insert("gone", HeaderValue::from_static("x"));
+        h.insert("again", HeaderValue::from_static("old"));
         let ops = HeaderOps {
-            set: [("a".to_string(), "2".to_string())].into(),
+            set: [
+                ("a".to_string(), "2".to_string()),
+                ("again".to_string(), "new".to_string()),
+            ]
+            .into(),
             add: [("a".to_string(), "3".to_string())].into(),
-            remove: vec!["gone".into()],
+            remove: vec!["gone".into(), "again".into()],
         };
         apply_ops(&mut h, Some(&ops));
+        // Removals come first: a header both removed and set ends up set (Envoy).
+        assert_eq!(h["again"], "new");
         let a: Vec<_> = h
             .get_all("a")
             .iter()

@@ -263,8 +263,8 @@ fn retries_defaults_and_attempts_zero() {
         );
         assert_eq!(r.backoff_base_ms, 25);
         assert!(
-            !r.reuse_previous_hosts,
-            "Istio default: retries avoid tried hosts"
+            r.ignore_previous_hosts.is_none(),
+            "Istio default: avoid tried hosts unless consistent hashing (decided by the agent)"
         );
     }
 }
@@ -275,9 +275,15 @@ fn retry_backoff_and_previous_hosts() {
         "{VS_HEAD}spec:\n  hosts: [reviews]\n  http:\n  - route: [{{destination: {{host: reviews}}}}]\n    retries: {{attempts: 3, backoff: 100ms, retryIgnorePreviousHosts: false}}\n  - route: [{{destination: {{host: reviews}}}}]\n    retries: {{attempts: 3, retryIgnorePreviousHosts: true}}\n"
     ));
     let r = t.http[0].retries.clone().unwrap();
-    assert_eq!((r.backoff_base_ms, r.reuse_previous_hosts), (100, true));
+    assert_eq!(
+        (r.backoff_base_ms, r.ignore_previous_hosts),
+        (100, Some(false))
+    );
     let r = t.http[1].retries.clone().unwrap();
-    assert_eq!((r.backoff_base_ms, r.reuse_previous_hosts), (25, false));
+    assert_eq!(
+        (r.backoff_base_ms, r.ignore_previous_hosts),
+        (25, Some(true))
+    );
 }
 
 #[test]
