@@ -1323,6 +1323,27 @@ fn gateway_api_routes_grpc_and_websocket() {
     };
     websocket("no route");
 
+    // A request body still being sent (a bidirectional stream, like gRPC bidi) reaches the
+    // server at once, although the route retries (Istio's default retries are on) and so keeps
+    // a copy of the body: the duplex echo streams "ping" back while the body is unfinished.
+    let out = exec_ns(
+        NS,
+        "client-a",
+        &[
+            "python3",
+            &fixture("duplex.py"),
+            "backend",
+            "8080",
+            "/d?duplex=1",
+            "3",
+        ],
+    );
+    assert_eq!(
+        out.trim(),
+        "ping",
+        "streamed both ways before the body ended"
+    );
+
     // HTTPRoute split between the per-version Services.
     let url = format!("{BACKEND}/");
     apply(&http_route_split());

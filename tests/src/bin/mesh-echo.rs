@@ -14,7 +14,8 @@ use mesh_tests::echo::{Identity, Listeners, Upstream, run, upstream};
 /// TCP peer "ip:port"), host (Host or :authority), status, body_bytes}, with response headers
 /// x-echo-pod and x-echo-version. Query knobs: ?status=N (reply with status N), ?delay=MS (sleep
 /// before replying), ?size=N (add "pad" of N bytes), ?close=1 (Connection: close after the
-/// reply, HTTP/1.1). GET /healthz returns {"status":"ok"}. GET /ws (WebSocket upgrade) echoes
+/// reply, HTTP/1.1), ?duplex=1 (no JSON: the reply streams the request body back as it
+/// arrives, full duplex). GET /healthz returns {"status":"ok"}. GET /ws (WebSocket upgrade) echoes
 /// every text/binary message back. Requests with content-type application/grpc* go to gRPC.
 ///
 /// gRPC: weft.echo.v1.Echo/Echo (unary; EchoRequest{message} -> EchoResponse{message, pod,

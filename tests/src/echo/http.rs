@@ -119,6 +119,7 @@ struct Knobs {
     delay: Option<Duration>,
     size: Option<usize>,
     close: bool,
+    duplex: bool,
 }
 
 impl Knobs {
@@ -131,6 +132,7 @@ impl Knobs {
                 "delay" => k.delay = value.parse().ok().map(Duration::from_millis),
                 "size" => k.size = value.parse().ok(),
                 "close" => k.close = matches!(value, "1" | "true" | ""),
+                "duplex" => k.duplex = matches!(value, "1" | "true" | ""),
                 _ => {}
             }
         }
@@ -169,6 +171,15 @@ async fn echo(
 ) -> Response<Body> {
     let (parts, mut body) = req.into_parts();
     let knobs = Knobs::parse(parts.uri.query());
+    if knobs.duplex {
+        // Full duplex: the reply starts at once and streams the request body back as it
+        // arrives (a bidirectional stream, like gRPC bidi).
+        let mut resp = Response::new(Body::new(body));
+        if let Ok(pod) = HeaderValue::from_str(&id.pod) {
+            resp.headers_mut().insert("x-echo-pod", pod);
+        }
+        return resp;
+    }
 
     let mut body_bytes: u64 = 0;
     // The request body, kept only when it is to be forwarded upstream.
