@@ -347,14 +347,15 @@ mod tests {
     #[test]
     fn knobs_parse() {
         assert_eq!(Knobs::parse(None), Knobs::default());
-        let k = Knobs::parse(Some("status=503&delay=20&size=10&close=1&other=x"));
+        let k = Knobs::parse(Some("status=503&delay=20&size=10&close=1&duplex=1&other=x"));
         assert_eq!(
             k,
             Knobs {
                 status: Some(503),
                 delay: Some(Duration::from_millis(20)),
                 size: Some(10),
-                close: true
+                close: true,
+                duplex: true,
             }
         );
         assert_eq!(Knobs::parse(Some("status=abc&close=0")), Knobs::default());
