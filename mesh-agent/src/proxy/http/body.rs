@@ -115,6 +115,68 @@ where
     }
 }
 
+/// Ends a body with an error once `deadline` passes (the route timeout covering the response
+/// body); sets `timed_out` when it does.
+pub struct Deadline<B> {
+    inner: B,
+    sleep: Option<Pin<Box<tokio::time::Sleep>>>,
+    timed_out: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl<B> Deadline<B> {
+    pub fn new(
+        inner: B,
+        deadline: Option<tokio::time::Instant>,
+        timed_out: Arc<std::sync::atomic::AtomicBool>,
+    ) -> Self {
+        Self {
+            inner,
+            sleep: deadline.map(|d| Box::pin(tokio::time::sleep_until(d))),
+            timed_out,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("upstream response timeout (route timeout)")]
+pub struct TimedOut;
+
+impl<B> http_body::Body for Deadline<B>
+where
+    B: http_body::Body<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let me = &mut *self;
+        if let Poll::Ready(r) = Pin::new(&mut me.inner).poll_frame(cx) {
+            return Poll::Ready(r.map(|f| f.map_err(Into::into)));
+        }
+        if let Some(s) = me.sleep.as_mut()
+            && s.as_mut().poll(cx).is_ready()
+        {
+            me.sleep = None;
+            me.timed_out
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+            return Poll::Ready(Some(Err(Box::new(TimedOut))));
+        }
+        Poll::Pending
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
 pub fn grpc_status(h: &http::HeaderMap) -> Option<u32> {
     h.get("grpc-status")
         .and_then(|v| v.to_str().ok())
@@ -504,5 +566,27 @@ mod tests {
         drop(tx);
         let got = body.attempt().unwrap().collect().await.unwrap();
         assert_eq!(got.to_bytes(), "late");
+    }
+
+    #[tokio::test]
+    async fn deadline_cuts_a_body_still_streaming_and_spares_a_finished_one() {
+        let flag = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (tx, slow) = channel();
+        tx.send(Frame::data(Bytes::from_static(b"part"))).unwrap();
+        let soon = tokio::time::Instant::now() + std::time::Duration::from_millis(20);
+        let mut b = Deadline::new(slow, Some(soon), flag.clone());
+        assert_eq!(
+            b.frame().await.unwrap().unwrap().into_data().unwrap(),
+            "part"
+        );
+        let e = b.frame().await.unwrap().unwrap_err();
+        assert!(e.is::<TimedOut>(), "{e}");
+        assert!(flag.load(std::sync::atomic::Ordering::Relaxed));
+        drop(tx);
+
+        let flag = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let b = Deadline::new(full("done"), Some(soon), flag.clone());
+        assert_eq!(b.collect().await.unwrap().to_bytes(), "done");
+        assert!(!flag.load(std::sync::atomic::Ordering::Relaxed));
     }
 }

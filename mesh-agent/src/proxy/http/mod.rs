@@ -322,14 +322,13 @@ async fn route_request(
     };
     let Some(svc) = mesh.service_by_host(&dest.host, port).cloned() else {
         out.flags.push("NC");
-        return local(
-            &conn,
-            out,
-            start,
-            StatusCode::SERVICE_UNAVAILABLE,
-            "no healthy upstream",
-            grpc,
-        );
+        // Gateway API: a request sent to an invalid backendRef gets 500.
+        let status = if table.as_ref().is_some_and(|t| t.table().gateway_api) {
+            StatusCode::INTERNAL_SERVER_ERROR
+        } else {
+            StatusCode::SERVICE_UNAVAILABLE
+        };
+        return local(&conn, out, start, status, "no healthy upstream", grpc);
     };
     out.labels.destination_service = svc.hostname.clone();
     out.labels.destination_service_name = svc.name.clone();
@@ -617,6 +616,7 @@ async fn route_request(
                             grpc,
                             req_body.bytes_read() + request_bytes_head,
                             on_upgrade,
+                            deadline,
                         );
                     }
                     break attempt_failure(&conn, out, start, &outcome, grpc);
@@ -662,6 +662,7 @@ async fn route_request(
                     grpc,
                     req_body.bytes_read() + request_bytes_head,
                     on_upgrade,
+                    deadline,
                 )
             }
             None if overall_expired || matches!(outcome, AttemptOutcome::PerTryTimeout) => {
@@ -824,6 +825,7 @@ fn proxied(
     grpc: bool,
     request_bytes: u64,
     on_upgrade: Option<hyper::upgrade::OnUpgrade>,
+    deadline: Option<tokio::time::Instant>,
 ) -> Response<Body> {
     let status = resp.status();
     if status == StatusCode::SWITCHING_PROTOCOLS
@@ -863,9 +865,20 @@ fn proxied(
     let metrics = conn.pod.metrics.clone();
     let head = head_size(&parts.headers);
     let hold = std::mem::take(&mut out.hold);
+    // The route timeout runs until the response body is complete (Envoy): a body still
+    // streaming at the deadline is cut off (UT). Not for an upgraded connection.
+    let timed_out = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let body = body::Deadline::new(
+        body,
+        deadline.filter(|_| status != StatusCode::SWITCHING_PROTOCOLS),
+        timed_out.clone(),
+    );
     let body = body::Observed::new(body, move |seen| {
         drop(hold);
         let mut l = out.labels;
+        if timed_out.load(std::sync::atomic::Ordering::Relaxed) {
+            out.flags.push("UT");
+        }
         l.response_flags = if out.flags.is_empty() {
             "-".into()
         } else {
