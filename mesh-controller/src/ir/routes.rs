@@ -603,13 +603,28 @@ pub fn gateway_table(ns: &str, svc: &str, routes: &[GwParent<'_>]) -> RouteTable
     let mut http = vec![];
     for (cns, mut entries) in consumer {
         entries.sort_by(|a, b| a.0.cmp(&b.0));
+        // The 404 catch-all covers the ports the consumer routes attach to (parentRef `port`;
+        // 0 = every port), so the Service's other ports keep their default route.
+        let ports: BTreeSet<u32> = entries
+            .iter()
+            .flat_map(|(_, r)| r.matches.iter().map(|m| m.port))
+            .collect();
+        let ports: Vec<u32> = if ports.contains(&0) || ports.is_empty() {
+            vec![0]
+        } else {
+            ports.into_iter().collect()
+        };
         http.extend(entries.into_iter().map(|(_, r)| r));
         http.push(HttpRoute {
             name: format!("consumer-{cns}-not-found"),
-            matches: vec![HttpMatch {
-                source_namespace: cns,
-                ..Default::default()
-            }],
+            matches: ports
+                .into_iter()
+                .map(|port| HttpMatch {
+                    source_namespace: cns.clone(),
+                    port,
+                    ..Default::default()
+                })
+                .collect(),
             direct_response: Some(DirectResponse {
                 status: 404,
                 body: vec![],
@@ -698,7 +713,7 @@ fn grpc_route_entries(r: &GRPCRoute, obj: &MeshResource, origin: &str) -> Vec<(G
         );
         for (j, m) in matches.iter().enumerate() {
             let hm = grpc_match(m);
-            let key = gw_key(&hm, obj, i, j);
+            let key = grpc_key(m, &hm, obj, i, j);
             out.push((
                 key,
                 HttpRoute {
@@ -759,6 +774,34 @@ fn gw_http_match(m: &HttpRouteMatch) -> HttpMatch {
         query_params: gw_header_matches(&m.query_params, false),
         ..Default::default()
     }
+}
+
+/// GRPCRoute precedence (Gateway API): most characters in the matching service, then in the
+/// matching method, then most header matches; then age, name, rule and match index. Encoded in
+/// [`GwKey`] (rank 1, the "length" service-major) so a method-less catch-all sorts last.
+fn grpc_key(
+    m: &GrpcRouteMatch,
+    hm: &HttpMatch,
+    obj: &MeshResource,
+    rule: usize,
+    index: usize,
+) -> GwKey {
+    let (service, method) = m.method.as_ref().map_or((0, 0), |mm| {
+        (
+            mm.service.as_deref().map_or(0, str::len),
+            mm.method.as_deref().map_or(0, str::len),
+        )
+    });
+    (
+        1,
+        Reverse(service.saturating_mul(1 << 16).saturating_add(method)),
+        Reverse(false),
+        Reverse(hm.headers.len()),
+        Reverse(0),
+        age_key(obj),
+        rule,
+        index,
+    )
 }
 
 fn grpc_match(m: &GrpcRouteMatch) -> HttpMatch {

@@ -733,6 +733,33 @@ spec:
 }
 
 #[test]
+fn consumer_catch_all_keeps_to_the_parent_ports() {
+    let catch_all_ports = |parent_port: &str| -> Vec<u32> {
+        let t = tables(&format!(
+            "{HR}metadata: {{name: consumer, namespace: web}}
+spec:
+  parentRefs: [{{group: '', kind: Service, name: reviews, namespace: demo{parent_port}}}]
+  rules: [{{matches: [{{path: {{type: Exact, value: /x}}}}], backendRefs: [{{name: reviews, namespace: demo, port: 80}}]}}]
+"
+        ));
+        let r = &t["routes/demo/reviews"];
+        let last = r.http.last().unwrap();
+        assert_eq!(last.direct_response.as_ref().map(|d| d.status), Some(404));
+        last.matches
+            .iter()
+            .inspect(|m| assert_eq!(m.source_namespace, "web"))
+            .map(|m| m.port)
+            .collect()
+    };
+    assert_eq!(
+        catch_all_ports(", port: 9080"),
+        [9080],
+        "only the attached port"
+    );
+    assert_eq!(catch_all_ports(""), [0], "no parentRef port: every port");
+}
+
+#[test]
 fn grpc_route_methods() {
     let t = one("apiVersion: gateway.networking.k8s.io/v1
 kind: GRPCRoute
@@ -740,6 +767,7 @@ metadata: {name: g, namespace: demo}
 spec:
   parentRefs: [{group: '', kind: Service, name: reviews}]
   rules:
+  - backendRefs: [{name: reviews, port: 50051}]   # no matches: every call, but ranked last
   - matches: [{method: {service: pkg.Svc}}]
     backendRefs: [{name: reviews, port: 50051}]
   - matches: [{method: {service: pkg.Svc, method: Get}}]
@@ -753,7 +781,8 @@ spec:
         [
             exact("/pkg.Svc/Get"),
             prefix("/pkg.Svc/"),
-            regex("/[^/]+/Get")
+            regex("/[^/]+/Get"),
+            None,
         ]
     );
 }
