@@ -1238,8 +1238,9 @@ fn upstream_uri(parts: &http::request::Parts, h2: bool) -> Uri {
         .unwrap_or_else(|_| Uri::from_static("/"))
 }
 
-/// The uri prefix the route matched on, if its first matching block used a prefix.
-fn matched_prefix<'a>(route: &'a HttpRoute, info: &RequestInfo) -> Option<&'a str> {
+/// The uri prefix the route matched on, if its first matching block used a prefix, and whether
+/// that block matches by path segment (Gateway API `PathPrefix`).
+fn matched_prefix<'a>(route: &'a HttpRoute, info: &RequestInfo) -> Option<(&'a str, bool)> {
     route
         .matches
         .iter()
@@ -1252,7 +1253,7 @@ fn matched_prefix<'a>(route: &'a HttpRoute, info: &RequestInfo) -> Option<&'a st
                             .to_ascii_lowercase()
                             .starts_with(&p.to_ascii_lowercase())) =>
             {
-                Some(p.as_str())
+                Some((p.as_str(), m.uri_prefix_by_segment))
             }
             _ => None,
         })
@@ -1273,7 +1274,10 @@ fn rewrite(
         Some(rw.full_path.clone())
     } else if !rw.uri.is_empty() {
         Some(match matched_prefix(route, info) {
-            Some(p) => {
+            // Istio (Envoy `prefix_rewrite`): a plain swap of the matched prefix.
+            Some((p, false)) => format!("{}{}", rw.uri, &info.path[p.len().min(info.path.len())..]),
+            // Gateway API `ReplacePrefixMatch`: segment-wise, one `/` between the parts.
+            Some((p, true)) => {
                 let rest = &info.path[p.len().min(info.path.len())..];
                 if rw.uri.ends_with('/') && rest.starts_with('/') {
                     format!("{}{}", rw.uri, &rest[1..])
@@ -1385,7 +1389,7 @@ fn redirect_location(
         r.path.clone()
     } else if !r.path_prefix.is_empty() {
         match matched_prefix(route, info) {
-            Some(p) => format!(
+            Some((p, _)) => format!(
                 "{}{}",
                 r.path_prefix.trim_end_matches('/'),
                 &info.path[p.len().min(info.path.len())..]
@@ -1480,12 +1484,13 @@ mod tests {
         }
     }
 
-    fn prefix_route(p: &str) -> HttpRoute {
+    fn prefix_route(p: &str, by_segment: bool) -> HttpRoute {
         HttpRoute {
             matches: vec![mesh_common::proto::config::HttpMatch {
                 uri: Some(mesh_common::proto::config::StringMatch {
                     kind: Some(StrKind::Prefix(p.into())),
                 }),
+                uri_prefix_by_segment: by_segment,
                 ..Default::default()
             }],
             ..Default::default()
@@ -1494,14 +1499,21 @@ mod tests {
 
     #[test]
     fn rewrites_replace_the_matched_prefix() {
+        // (Gateway API segment-wise?, prefix, rewrite, path, want)
         let cases = [
-            ("/api", "/v2", "/api/users", "/v2/users"),
-            ("/api/", "/", "/api/users", "/users"),
-            ("/api", "/", "/api/users", "/users"),
-            ("/api", "/v2", "/api", "/v2"),
+            (true, "/api", "/v2", "/api/users", "/v2/users"),
+            (true, "/api/", "/", "/api/users", "/users"),
+            (true, "/api", "/", "/api/users", "/users"),
+            (true, "/api", "/v2", "/api", "/v2"),
+            // Istio rewrite.uri = Envoy prefix_rewrite: a plain swap ("//users" is Envoy's
+            // answer too; Istio's docs say to match "/api/" for that).
+            (false, "/api", "/v2", "/api/users", "/v2/users"),
+            (false, "/api/", "/", "/api/users", "/users"),
+            (false, "/api", "/", "/api/users", "//users"),
+            (false, "/foo", "/bar", "/foobar", "/barbar"),
         ];
-        for (prefix, uri, path, want) in cases {
-            let route = prefix_route(prefix);
+        for (by_segment, prefix, uri, path, want) in cases {
+            let route = prefix_route(prefix, by_segment);
             let mut parts = Request::get(path).body(()).unwrap().into_parts().0;
             let rw = mesh_common::proto::config::Rewrite {
                 uri: uri.into(),
@@ -1591,7 +1603,7 @@ mod tests {
         assert_eq!(
             redirect_location(
                 &r,
-                &prefix_route("/v1"),
+                &prefix_route("/v1", true),
                 &info("/v1/x", "", "a"),
                 &Uri::from_static("/v1/x")
             ),
