@@ -543,12 +543,11 @@ async fn route_request(
         *req.uri_mut() = upstream_uri(&parts, h2);
         *req.version_mut() = parts.version;
         *req.headers_mut() = parts.headers.clone();
-        if attempt > 1 || attempts_allowed > 0 {
-            req.headers_mut().insert(
-                HeaderName::from_static("x-envoy-attempt-count"),
-                header_value(&attempt.to_string()),
-            );
-        }
+        // Istio sets `include_request_attempt_count`: every upstream request carries it.
+        req.headers_mut().insert(
+            HeaderName::from_static("x-envoy-attempt-count"),
+            header_value(&attempt.to_string()),
+        );
         let inflight = cluster.start(addr);
         let send = conn
             .pod
