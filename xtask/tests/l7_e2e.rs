@@ -790,6 +790,27 @@ fn request_matches_route_in_first_match_order() {
         50.0,
         "v2 received every request as a shadow copy"
     );
+    // Requests with a body are mirrored too (once the body has gone by, streamed meanwhile).
+    let base = metric(&NODES, REQUESTS, &mirrored);
+    let v = load(
+        "client-a",
+        &[
+            "-n",
+            "20",
+            "-X",
+            "POST",
+            "--data",
+            "hello mirror",
+            &format!("{BACKEND}/old/page"),
+        ],
+    );
+    assert_all_ok(&v, "mirrored POST");
+    assert_eq!(n(&v, "versions", "v1"), 20, "the client sees v1 only: {v}");
+    assert_eq!(
+        metric_growth(&NODES, REQUESTS, &mirrored, base, 20.0),
+        20.0,
+        "v2 received every POST as a shadow copy"
+    );
     let echo = load("client-a", &["-n", "1", &format!("{BACKEND}/old/page?q=1")]);
     assert_all_ok(&echo, "rewrite");
     let body = curl(NS, "client-a", &format!("{BACKEND}/old/page?q=1"));

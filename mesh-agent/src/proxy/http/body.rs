@@ -1,6 +1,7 @@
 //! Body plumbing: one boxed body type for everything the proxy sends, a wrapper that observes a
-//! streamed body (bytes, gRPC status in trailers, completion) for telemetry, and buffering of
-//! request bodies so a request can be retried.
+//! streamed body (bytes, gRPC status in trailers, completion) for telemetry, the route timeout
+//! on response bodies, and the request-body tee that streams upstream while keeping a copy for
+//! retries and mirrors.
 use std::{
     pin::Pin,
     sync::{Arc, Mutex},
@@ -8,7 +9,7 @@ use std::{
 };
 
 use bytes::Bytes;
-use http_body::{Body as _, Frame, SizeHint};
+use http_body::{Frame, SizeHint};
 use http_body_util::{BodyExt as _, Empty, Full, combinators::UnsyncBoxBody};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -210,6 +211,7 @@ impl ReqBody {
             done: false,
             read: 0,
             generation: 0,
+            waiters: Vec::new(),
         })))
     }
 
@@ -222,9 +224,22 @@ impl ReqBody {
         }
     }
 
-    /// The whole body is in memory (nothing more to read from the client).
-    pub fn fully_read(&self) -> bool {
-        matches!(self, ReqBody::Buffered(..))
+    /// For a teed body: resolves to the whole body once the client finished sending it, or to
+    /// None if it exceeded the limit (dropped with the request if it never ends).
+    pub fn when_complete(&self) -> Option<tokio::sync::oneshot::Receiver<Option<Bytes>>> {
+        let ReqBody::Tee(s) = self else {
+            return None;
+        };
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let mut st = s.lock().unwrap_or_else(|p| p.into_inner());
+        if st.overflow {
+            let _ = tx.send(None);
+        } else if st.done {
+            let _ = tx.send(Some(st.whole()));
+        } else {
+            st.waiters.push(tx);
+        }
+        Some(rx)
     }
 
     /// Takes the body for one attempt.
@@ -287,6 +302,38 @@ pub struct TeeState {
     read: u64,
     /// The attempt allowed to read.
     generation: u64,
+    /// [`ReqBody::when_complete`] callers.
+    waiters: Vec<tokio::sync::oneshot::Sender<Option<Bytes>>>,
+}
+
+impl TeeState {
+    fn whole(&self) -> Bytes {
+        let mut b = bytes::BytesMut::with_capacity(self.captured as usize);
+        for c in &self.chunks {
+            b.extend_from_slice(c);
+        }
+        b.freeze()
+    }
+
+    /// The client's body ended: the waiters get it.
+    fn finish(&mut self) {
+        self.done = true;
+        if !self.waiters.is_empty() {
+            let whole = (!self.overflow).then(|| self.whole());
+            for w in self.waiters.drain(..) {
+                let _ = w.send(whole.clone());
+            }
+        }
+    }
+
+    /// More than `limit` bytes: the copy is gone; waiters get None.
+    fn overflowed(&mut self) {
+        self.overflow = true;
+        self.chunks = Vec::new();
+        for w in self.waiters.drain(..) {
+            let _ = w.send(None);
+        }
+    }
 }
 
 /// One attempt's view of a [`TeeState`]: the copy first, then the client.
@@ -331,7 +378,7 @@ impl http_body::Body for TeeAttempt {
         let frame = ready!(Pin::new(&mut st.incoming).poll_frame(cx));
         match frame {
             None => {
-                st.done = true;
+                st.finish();
                 Poll::Ready(None)
             }
             Some(Err(e)) => Poll::Ready(Some(Err(e))),
@@ -340,8 +387,7 @@ impl http_body::Body for TeeAttempt {
                     st.read += d.len() as u64;
                     if !st.overflow {
                         if st.captured + d.len() as u64 > st.limit {
-                            st.overflow = true;
-                            st.chunks = Vec::new();
+                            st.overflowed();
                         } else {
                             st.captured += d.len() as u64;
                             st.chunks.push(d.clone());
@@ -349,12 +395,12 @@ impl http_body::Body for TeeAttempt {
                         }
                     }
                     if st.incoming.is_end_stream() {
-                        st.done = true;
+                        st.finish();
                     }
                     Poll::Ready(Some(Ok(Frame::data(d))))
                 }
                 Err(f) => {
-                    st.done = true;
+                    st.finish();
                     if let Ok(t) = f.into_trailers() {
                         st.trailers = Some(t.clone());
                         me.trailers_sent = true;
@@ -397,77 +443,6 @@ impl http_body::Body for Replay {
 
     fn is_end_stream(&self) -> bool {
         self.data.is_none() && self.trailers.is_none()
-    }
-}
-
-/// Reads `body` into memory up to `limit` bytes: a body that ends within the limit is kept for
-/// replays (with its trailers), a longer
-/// one is streamed on (what was read first, then the rest) and never retried. Returns the body and
-/// the number of bytes buffered.
-pub async fn buffer(
-    mut body: hyper::body::Incoming,
-    limit: u64,
-) -> Result<(ReqBody, u64), hyper::Error> {
-    let mut buf = bytes::BytesMut::new();
-    loop {
-        if body.is_end_stream() {
-            let len = buf.len() as u64;
-            return Ok((ReqBody::Buffered(buf.freeze(), None), len));
-        }
-        match body.frame().await {
-            None => {
-                let len = buf.len() as u64;
-                return Ok((ReqBody::Buffered(buf.freeze(), None), len));
-            }
-            Some(Err(e)) => return Err(e),
-            Some(Ok(f)) => match f.into_data() {
-                Ok(d) => {
-                    buf.extend_from_slice(&d);
-                    if buf.len() as u64 > limit {
-                        return Ok((
-                            ReqBody::Streaming(boxed(Prefixed {
-                                prefix: Some(buf.freeze()),
-                                rest: body,
-                            })),
-                            0,
-                        ));
-                    }
-                }
-                Err(frame) => {
-                    // Trailers end the body.
-                    let len = buf.len() as u64;
-                    return Ok((
-                        ReqBody::Buffered(buf.freeze(), frame.into_trailers().ok()),
-                        len,
-                    ));
-                }
-            },
-        }
-    }
-}
-
-/// Bytes already read, then the rest of the body.
-struct Prefixed {
-    prefix: Option<Bytes>,
-    rest: hyper::body::Incoming,
-}
-
-impl http_body::Body for Prefixed {
-    type Data = Bytes;
-    type Error = hyper::Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        if let Some(p) = self.prefix.take() {
-            return Poll::Ready(Some(Ok(Frame::data(p))));
-        }
-        Pin::new(&mut self.rest).poll_frame(cx)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.prefix.is_none() && self.rest.is_end_stream()
     }
 }
 
@@ -588,5 +563,37 @@ mod tests {
         let b = Deadline::new(full("done"), Some(soon), flag.clone());
         assert_eq!(b.collect().await.unwrap().to_bytes(), "done");
         assert!(!flag.load(std::sync::atomic::Ordering::Relaxed));
+    }
+
+    #[tokio::test]
+    async fn mirrors_get_the_whole_body_once_it_ended_or_nothing_past_the_limit() {
+        let (tx, client) = channel();
+        let mut body = ReqBody::tee(client, 8);
+        let done = body.when_complete().unwrap();
+        let first = body.attempt().unwrap();
+        tx.send(Frame::data(Bytes::from_static(b"ab"))).unwrap();
+        tx.send(Frame::data(Bytes::from_static(b"cd"))).unwrap();
+        drop(tx);
+        assert_eq!(first.collect().await.unwrap().to_bytes(), "abcd");
+        assert_eq!(done.await.unwrap(), Some(Bytes::from_static(b"abcd")));
+        // Asked after the end: at once.
+        assert_eq!(
+            body.when_complete().unwrap().await.unwrap(),
+            Some(Bytes::from_static(b"abcd"))
+        );
+
+        let (tx, client) = channel();
+        let mut body = ReqBody::tee(client, 3);
+        let done = body.when_complete().unwrap();
+        let first = body.attempt().unwrap();
+        tx.send(Frame::data(Bytes::from_static(b"abcd"))).unwrap();
+        drop(tx);
+        assert_eq!(first.collect().await.unwrap().to_bytes(), "abcd");
+        assert_eq!(done.await.unwrap(), None, "too large to mirror");
+        assert!(
+            ReqBody::Buffered(Bytes::new(), None)
+                .when_complete()
+                .is_none()
+        );
     }
 }

@@ -393,29 +393,36 @@ async fn route_request(
         .collect();
     let mut req_body = if http_body::Body::is_end_stream(&body) {
         ReqBody::Buffered(bytes::Bytes::new(), None)
-    } else if !mirrors.is_empty() {
-        // A shadow copy needs the whole body first (bodies up to the replay limit).
-        match body::buffer(body, REPLAY_LIMIT).await {
-            Ok((b, _)) => b,
-            Err(e) => {
-                out.flags.push("DC");
-                debug!(pod = %conn.pod.id(), "reading the request body: {e}");
-                return local(&conn, out, start, StatusCode::BAD_REQUEST, "", grpc);
-            }
-        }
-    } else if attempts_allowed > 0 {
-        // Streamed as it arrives (gRPC streams, slow uploads), a copy kept for retries.
+    } else if attempts_allowed > 0 || !mirrors.is_empty() {
+        // Streamed as it arrives (gRPC streams, slow uploads), a copy kept for retries and
+        // mirrors.
         ReqBody::tee(body::boxed(body), REPLAY_LIMIT)
     } else {
         ReqBody::Streaming(body::boxed(body))
     };
-    if req_body.fully_read() {
-        // The body is already read: the upstream must not wait for a 100-continue of its own.
-        parts.headers.remove(http::header::EXPECT);
-    }
-    if let ReqBody::Buffered(b, _) = &req_body {
-        for m in mirrors {
-            shadow(&conn, &mesh, m, &parts, b.clone(), h2);
+    if !mirrors.is_empty() {
+        match req_body.when_complete() {
+            // Mirrored once the whole body went by (not if it exceeds the replay limit).
+            Some(done) => {
+                let mirrors: Vec<_> = mirrors.into_iter().cloned().collect();
+                let conn = conn.clone();
+                let head = request_head(&parts);
+                tokio::spawn(async move {
+                    if let Ok(Some(b)) = done.await {
+                        let mesh = conn.t.mesh.load();
+                        for m in &mirrors {
+                            shadow(&conn, &mesh, m, &head, b.clone(), h2);
+                        }
+                    }
+                });
+            }
+            None => {
+                if let ReqBody::Buffered(b, _) = &req_body {
+                    for m in mirrors {
+                        shadow(&conn, &mesh, m, &parts, b.clone(), h2);
+                    }
+                }
+            }
         }
     }
     let limits = cluster.limits().clone();
@@ -683,6 +690,16 @@ async fn route_request(
 /// Mirrors a request (Envoy's request mirroring): fire and forget to one endpoint of the mirror
 /// destination, `-shadow` appended to the authority, the response discarded. Only requests whose
 /// body was buffered are mirrored.
+/// A copy of a request's head (method, URI, version, headers) for a mirror sent later.
+fn request_head(parts: &http::request::Parts) -> http::request::Parts {
+    let (mut head, ()) = Request::new(()).into_parts();
+    head.method = parts.method.clone();
+    head.uri = parts.uri.clone();
+    head.version = parts.version;
+    head.headers = parts.headers.clone();
+    head
+}
+
 fn shadow(
     conn: &Arc<Conn>,
     mesh: &MeshState,
