@@ -224,13 +224,19 @@ impl ReqBody {
         }
     }
 
-    /// For a teed body: resolves to the whole body once the client finished sending it, or to
-    /// None if it exceeded the limit (dropped with the request if it never ends).
+    /// Resolves to the whole body once the client finished sending it (a buffered body: at
+    /// once), or to None if it exceeded the limit; dropped with the request if it never ends.
+    /// None for a body streamed without a copy.
     pub fn when_complete(&self) -> Option<tokio::sync::oneshot::Receiver<Option<Bytes>>> {
-        let ReqBody::Tee(s) = self else {
-            return None;
-        };
         let (tx, rx) = tokio::sync::oneshot::channel();
+        let s = match self {
+            ReqBody::Tee(s) => s,
+            ReqBody::Buffered(b, _) => {
+                let _ = tx.send(Some(b.clone()));
+                return Some(rx);
+            }
+            ReqBody::Streaming(_) => return None,
+        };
         let mut st = s.lock().unwrap_or_else(|p| p.into_inner());
         if st.overflow {
             let _ = tx.send(None);
@@ -590,10 +596,11 @@ mod tests {
         drop(tx);
         assert_eq!(first.collect().await.unwrap().to_bytes(), "abcd");
         assert_eq!(done.await.unwrap(), None, "too large to mirror");
-        assert!(
-            ReqBody::Buffered(Bytes::new(), None)
-                .when_complete()
-                .is_none()
+        let buffered = ReqBody::Buffered(Bytes::from_static(b"x"), None);
+        assert_eq!(
+            buffered.when_complete().unwrap().await.unwrap(),
+            Some(Bytes::from_static(b"x")),
+            "a buffered body: at once"
         );
     }
 }

@@ -400,30 +400,21 @@ async fn route_request(
     } else {
         ReqBody::Streaming(body::boxed(body))
     };
-    if !mirrors.is_empty() {
-        match req_body.when_complete() {
-            // Mirrored once the whole body went by (not if it exceeds the replay limit).
-            Some(done) => {
-                let mirrors: Vec<_> = mirrors.into_iter().cloned().collect();
-                let conn = conn.clone();
-                let head = request_head(&parts);
-                tokio::spawn(async move {
-                    if let Ok(Some(b)) = done.await {
-                        let mesh = conn.t.mesh.load();
-                        for m in &mirrors {
-                            shadow(&conn, &mesh, m, &head, b.clone(), h2);
-                        }
-                    }
-                });
-            }
-            None => {
-                if let ReqBody::Buffered(b, _) = &req_body {
-                    for m in mirrors {
-                        shadow(&conn, &mesh, m, &parts, b.clone(), h2);
-                    }
+    // Mirrored once the whole body went by (not if it exceeds the replay limit).
+    if !mirrors.is_empty()
+        && let Some(done) = req_body.when_complete()
+    {
+        let mirrors: Vec<_> = mirrors.into_iter().cloned().collect();
+        let conn = conn.clone();
+        let head = request_head(&parts);
+        tokio::spawn(async move {
+            if let Ok(Some(b)) = done.await {
+                let mesh = conn.t.mesh.load();
+                for m in &mirrors {
+                    shadow(&conn, &mesh, m, &head, b.clone(), h2);
                 }
             }
-        }
+        });
     }
     let limits = cluster.limits().clone();
     let settings = ConnSettings {
@@ -504,15 +495,15 @@ async fn route_request(
     let mut attempt: u32 = 0;
     let mut _retry_permit = None;
     let upstream_start = Instant::now();
+    // Istio `retryIgnorePreviousHosts`: retries prefer hosts not tried yet; unset = yes, except
+    // under consistent hashing, where a retry keeps to the hashed host.
+    let avoid_tried = retries
+        .ignore_previous_hosts
+        .unwrap_or(cluster.hash_key.is_none());
     loop {
         attempt += 1;
         let now = Instant::now();
         let cands = cluster.candidates(&addrs, now);
-        // Istio `retryIgnorePreviousHosts`: retries prefer hosts not tried yet; unset = yes,
-        // except under consistent hashing, where a retry keeps to the hashed host.
-        let avoid_tried = retries
-            .ignore_previous_hosts
-            .unwrap_or(cluster.hash_key.is_none());
         let avoid: &[SocketAddr] = if avoid_tried { &tried } else { &[] };
         let Some(i) = cluster.balancer.pick(&cands, hash, avoid) else {
             out.flags.push("UH");
@@ -687,9 +678,6 @@ async fn route_request(
     }
 }
 
-/// Mirrors a request (Envoy's request mirroring): fire and forget to one endpoint of the mirror
-/// destination, `-shadow` appended to the authority, the response discarded. Only requests whose
-/// body was buffered are mirrored.
 /// A copy of a request's head (method, URI, version, headers) for a mirror sent later.
 fn request_head(parts: &http::request::Parts) -> http::request::Parts {
     let (mut head, ()) = Request::new(()).into_parts();
@@ -700,6 +688,9 @@ fn request_head(parts: &http::request::Parts) -> http::request::Parts {
     head
 }
 
+/// Mirrors a request (Envoy's request mirroring): fire and forget to one endpoint of the mirror
+/// destination, `-shadow` appended to the authority, the response discarded. Only requests whose
+/// body fit the replay limit are mirrored.
 fn shadow(
     conn: &Arc<Conn>,
     mesh: &MeshState,
